@@ -1,0 +1,1 @@
+"""Kernels: reference (torch), triton (Hopper), flex; token permutation; custom-op wiring."""

@@ -1,0 +1,122 @@
+"""Backend dispatch for the GNA op: picks a kernel at run time by device/dtype/support.
+
+Backends register ``run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
+-> (out, lse)`` and ``why_not(...) -> str | None`` (None = supported). ``"auto"`` takes the
+first fast backend that supports the call and otherwise falls back to the reference, logging
+once per reason why. The pass never picks a backend; this module does, per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .reference import reference_attention
+
+__all__ = ["register_backend", "available_backends", "run_gna", "dense_attention", "dense_mode"]
+
+log = logging.getLogger("gna_compile")
+
+
+@dataclass(frozen=True)
+class _Backend:
+    run: Callable
+    why_not: Callable  # -> None if supported, else a reason
+
+
+def _reference_run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+    return reference_attention(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
+
+
+_BACKENDS: dict[str, _Backend] = {"reference": _Backend(_reference_run, lambda *a, **k: None)}
+# Order in which "auto" tries the fast backends.
+_AUTO_ORDER: list[str] = []
+_LOGGED: set[str] = set()
+_LAZY_LOADED = False
+
+
+def register_backend(name: str, run: Callable, why_not: Callable, auto: bool = True) -> None:
+    """Add a backend; ``auto=True`` lets ``backend="auto"`` choose it when supported."""
+    _BACKENDS[name] = _Backend(run, why_not)
+    if auto and name not in _AUTO_ORDER:
+        _AUTO_ORDER.append(name)
+
+
+def _load_optional_backends() -> None:
+    """Import the optional backends once; each registers itself if its imports work."""
+    global _LAZY_LOADED
+    if _LAZY_LOADED:
+        return
+    _LAZY_LOADED = True
+    for mod in ("triton_backend", "flex_backend"):
+        try:
+            __import__(f"{__package__}.{mod}")
+        except ImportError as e:  # a missing optional dependency (triton) or module
+            log.debug("gna_compile: backend module %s not loaded: %s", mod, e)
+
+
+def available_backends() -> list[str]:
+    _load_optional_backends()
+    return list(_BACKENDS)
+
+
+def _log_once(msg: str) -> None:
+    if msg not in _LOGGED:
+        _LOGGED.add(msg)
+        log.warning(msg)
+
+
+def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend: str = "auto"):
+    """Run GNA attention with the named backend (or the best supported one for "auto")."""
+    _load_optional_backends()
+    args = (q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
+    if backend == "auto":
+        reasons = []
+        for name in _AUTO_ORDER:
+            why = _BACKENDS[name].why_not(*args)
+            if why is None:
+                return _BACKENDS[name].run(*args)
+            reasons.append(f"{name}: {why}")
+        if q.is_cuda:
+            _log_once("gna_compile: using the slow reference backend on CUDA because "
+                      + ("; ".join(reasons) if reasons else "no fast backend is installed (pip install triton)"))
+        return _BACKENDS["reference"].run(*args)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend={backend!r} is not available; choose one of {['auto', *_BACKENDS]}")
+    why = _BACKENDS[backend].why_not(*args)
+    if why is not None:
+        raise ValueError(f"backend={backend!r} cannot run this call: {why}")
+    return _BACKENDS[backend].run(*args)
+
+
+# Hybrid schedule (paper §5): run rewritten calls densely without recompiling. The flag is read
+# inside the opaque custom op at run time, so Dynamo never guards on it.
+_DENSE = threading.local()
+
+
+def dense_mode() -> bool:
+    return getattr(_DENSE, "on", False)
+
+
+@contextlib.contextmanager
+def dense_attention(enabled: bool = True):
+    """Inside this context every GNA call computes full (dense) attention, e.g. for the first
+    diffusion steps of a hybrid schedule. Compiled graphs are reused as they are."""
+    prev = dense_mode()
+    _DENSE.on = enabled
+    try:
+        yield
+    finally:
+        _DENSE.on = prev
+
+
+def dense_sdpa(q, k, v, scale, key_mask):
+    """Full attention with the same key mask, via SDPA (cuDNN/flash where available)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])

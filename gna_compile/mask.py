@@ -1,0 +1,62 @@
+"""GNA semantics in one place (DESIGN.md §1): per-dim key ranges of a query.
+
+The GNA mask is a product over dims, so everything (reference backend, simulator,
+FlexAttention mask, kernel tile bounds) is built from the 1-D rule below. Two spellings of
+the same rule: plain ints (simulator, kernels' host code) and int64 tensors (reference).
+Bounds are inclusive and in original (undilated) coordinates; with dilation d only keys of
+the query's residue ``q mod d`` inside ``[lo, hi]`` are attended.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["key_range", "key_range_t", "attend_1d_t"]
+
+
+def _dilated_extent(n: int, d: int, r):
+    """Number of grid positions with residue ``r`` mod ``d`` (``n'`` in DESIGN.md)."""
+    return n // d + (1 if r < n % d else 0)
+
+
+def key_range(q: int, n: int, w: int, s: int = 1, d: int = 1, causal: bool = False) -> tuple[int, int]:
+    """Inclusive key range ``(lo, hi)`` that query coordinate ``q`` attends to in one dim."""
+    r, qd = q % d, q // d
+    nd = _dilated_extent(n, d, r)
+    if causal:
+        leader = min((qd // s) * s + s - 1, nd - 1)
+        lo, hi = max(leader - w + 1, 0), qd
+    else:
+        wl = w // 2
+        wr = w // 2 + w % 2 - 1
+        leader = min((qd // s) * s + s // 2, nd - 1)
+        center = max(wl, min(leader, nd - 1 - wr))
+        lo, hi = center - wl, center + wr
+    return lo * d + r, hi * d + r
+
+
+def key_range_t(q: torch.Tensor, n: int, w: int, s: int = 1, d: int = 1, causal: bool = False):
+    """Tensor version of :func:`key_range` for an int64 tensor of query coordinates."""
+    r, qd = q % d, q // d
+    nd = n // d + (r < n % d).to(q.dtype)
+    if causal:
+        leader = torch.minimum((qd // s) * s + s - 1, nd - 1)
+        lo, hi = (leader - w + 1).clamp_min(0), qd
+    else:
+        wl = w // 2
+        wr = w // 2 + w % 2 - 1
+        leader = torch.minimum((qd // s) * s + s // 2, nd - 1)
+        center = torch.maximum(torch.minimum(leader, nd - 1 - wr), torch.full_like(leader, wl))
+        lo, hi = center - wl, center + wr
+    return lo * d + r, hi * d + r
+
+
+def attend_1d_t(q: torch.Tensor, k: torch.Tensor, n: int, w: int, s: int = 1, d: int = 1,
+                causal: bool = False) -> torch.Tensor:
+    """Boolean ``[len(q), len(k)]`` mask of one dim: may query coordinate q see key coordinate k."""
+    lo, hi = key_range_t(q, n, w, s, d, causal)
+    k = k[None, :]
+    ok = (k >= lo[:, None]) & (k <= hi[:, None])
+    if d > 1:
+        ok &= (k % d) == (q % d)[:, None]
+    return ok
