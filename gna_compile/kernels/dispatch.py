@@ -1,7 +1,8 @@
 """Backend dispatch for the GNA op: picks a kernel at run time by device/dtype/support.
 
 Backends register ``run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
--> (out, lse)`` and ``why_not(...) -> str | None`` (None = supported). ``"auto"`` takes the
+-> (out, lse)`` and ``why_not(...) -> str | None`` (None = supported), where ``key_mask`` is
+None or a :class:`KeyMask`. ``"auto"`` takes the
 first fast backend that supports the call and otherwise falls back to the reference, logging
 once per reason why. The pass never picks a backend; this module does, per call.
 """
@@ -12,15 +13,23 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from .reference import reference_attention
 
-__all__ = ["register_backend", "available_backends", "run_gna", "dense_attention", "dense_mode"]
+__all__ = ["KeyMask", "register_backend", "available_backends", "run_gna", "dense_attention", "dense_mode"]
 
 log = logging.getLogger("gna_compile")
+
+
+class KeyMask(NamedTuple):
+    """A bool ``[B, N]`` key mask (True = may be attended). ``spatial=False`` promises it is
+    True on every grid token, so a fast backend may apply it to extra-token keys only."""
+
+    mask: torch.Tensor
+    spatial: bool = True
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,8 @@ class _Backend:
 
 
 def _reference_run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
-    return reference_attention(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
+    mask = None if key_mask is None else key_mask.mask
+    return reference_attention(q, k, v, spec, extra_prefix, extra_suffix, scale, mask)
 
 
 _BACKENDS: dict[str, _Backend] = {"reference": _Backend(_reference_run, lambda *a, **k: None)}
@@ -115,8 +125,8 @@ def dense_attention(enabled: bool = True):
         _DENSE.on = prev
 
 
-def dense_sdpa(q, k, v, scale, key_mask):
+def dense_sdpa(q, k, v, scale, key_mask: KeyMask | None):
     """Full attention with the same key mask, via SDPA (cuDNN/flash where available)."""
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    mask = None if key_mask is None else key_mask.mask[:, None, None, :]
     return torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])

@@ -14,12 +14,17 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import dense_mode, dense_sdpa, run_gna
+from .dispatch import KeyMask, dense_mode, dense_sdpa, run_gna
 from .reference import reference_attention
 
 __all__ = ["gna_attention", "gna_attention_lse"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _mask_arg(key_mask, key_mask_spatial):
+    """Backends get the mask as ``KeyMask``: the tensor plus whether it may hide spatial keys."""
+    return None if key_mask is None else KeyMask(key_mask, key_mask_spatial)
 
 
 def _spec(shape, window, stride, dilation, causal):
@@ -30,17 +35,18 @@ def _spec(shape, window, stride, dilation, causal):
 def _gna_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int],
                 stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                 extra_suffix: int, scale: float, key_mask: Optional[Tensor],
-                backend: str) -> tuple[Tensor, Tensor]:
+                key_mask_spatial: bool, backend: str) -> tuple[Tensor, Tensor]:
     spec = _spec(shape, window, stride, dilation, causal)
     if dense_mode():
         spec = make_spec(spec.shape, spec.shape)
-    out, lse = run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend)
+    out, lse = run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
+                       _mask_arg(key_mask, key_mask_spatial), backend)
     return out, lse
 
 
 @_gna_lse_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
-      key_mask, backend):
+      key_mask, key_mask_spatial, backend):
     B, H, N, _ = q.shape
     return q.new_empty(B, H, N, v.shape[-1]), q.new_empty(B, H, N, dtype=torch.float32)
 
@@ -48,40 +54,57 @@ def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suff
 @torch.library.custom_op("gna_compile::gna_attention", mutates_args=())
 def _gna_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int],
             stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
-            extra_suffix: int, scale: float, key_mask: Optional[Tensor], backend: str) -> Tensor:
+            extra_suffix: int, scale: float, key_mask: Optional[Tensor], key_mask_spatial: bool,
+            backend: str) -> Tensor:
     if dense_mode():
-        return dense_sdpa(q, k, v, scale, key_mask).contiguous()
+        return dense_sdpa(q, k, v, scale, _mask_arg(key_mask, True)).contiguous()
     spec = _spec(shape, window, stride, dilation, causal)
-    return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend)[0]
+    return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
+                   _mask_arg(key_mask, key_mask_spatial), backend)[0]
 
 
 @_gna_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
-      key_mask, backend):
+      key_mask, key_mask_spatial, backend):
     B, H, N, _ = q.shape
     return q.new_empty(B, H, N, v.shape[-1])
+
+
+@torch.library.custom_op("gna_compile::gna_attention_backward", mutates_args=())
+def _gna_bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: list[int],
+                window: list[int], stride: list[int], dilation: list[int], causal: list[bool],
+                extra_prefix: int, extra_suffix: int, scale: float, key_mask: Optional[Tensor],
+                dense: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients by recomputing the reference forward under autograd (an opaque op, so that
+    AOTAutograd traces the backward as one node too)."""
+    spec = make_spec(tuple(shape), tuple(shape)) if dense else _spec(shape, window, stride, dilation, causal)
+    # Custom-op impls run below the autograd dispatch keys; re-enable them for the recompute.
+    with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(
+            torch._C.DispatchKey.AutogradFunctionality, False), torch._C._SetExcludeDispatchKeyGuard(
+            torch._C.DispatchKey.ADInplaceOrView, False):
+        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out, _ = reference_attention(qq, kk, vv, spec, extra_prefix, extra_suffix, scale, key_mask)
+        grads = torch.autograd.grad(out, (qq, kk, vv), grad_out.to(out.dtype))
+    return tuple(g.contiguous() for g in grads)
+
+
+@_gna_bwd_op.register_fake
+def _(grad_out, q, k, v, *args):
+    return tuple(t.new_empty(t.shape) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, *params = inputs
     ctx.save_for_backward(q, k, v)
     ctx.params = params
+    ctx.dense = dense_mode()
 
 
 def _backward(ctx, grad_out):
     q, k, v = ctx.saved_tensors
-    shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale, key_mask, _ = ctx.params
-    with torch.enable_grad():
-        qq, kk, vv = (t.detach().requires_grad_(g) for t, g in zip((q, k, v), ctx.needs_input_grad))
-        if dense_mode():
-            spec = make_spec(tuple(shape), tuple(shape))
-        else:
-            spec = _spec(shape, window, stride, dilation, causal)
-        out, _ = reference_attention(qq, kk, vv, spec, extra_prefix, extra_suffix, scale, key_mask)
-        wrt = [t for t in (qq, kk, vv) if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wrt, grad_out.to(out.dtype)))
-    g = [next(grads) if t.requires_grad else None for t in (qq, kk, vv)]
-    return (*g, None, None, None, None, None, None, None, None, None, None)
+    *params, _key_mask_spatial, _backend = ctx.params
+    dq, dk, dv = _gna_bwd_op(grad_out, q, k, v, *params, ctx.dense)
+    return (dq, dk, dv, *([None] * 11))
 
 
 _gna_op.register_autograd(_backward, setup_context=_setup_context)
@@ -127,35 +150,38 @@ def _check_inputs(q, k, v, shape, extra_prefix, extra_suffix, key_mask):
 
 
 def _prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
-             scale, key_mask, backend):
+             scale, key_mask, key_mask_spatial, backend):
     if not isinstance(backend, str):
         raise ValueError(f"backend={backend!r} must be a string such as 'auto' or 'reference'")
     spec = make_spec(shape, window, stride, dilation, causal)
     key_mask = _check_inputs(q, k, v, spec.shape, extra_prefix, extra_suffix, key_mask)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return (q, k, v, list(spec.shape), list(spec.window), list(spec.stride), list(spec.dilation),
-            list(spec.causal), extra_prefix, extra_suffix, scale, key_mask, backend)
+            list(spec.causal), extra_prefix, extra_suffix, scale, key_mask, bool(key_mask_spatial),
+            backend)
 
 
 def gna_attention(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, dilation=1,
                   causal=False, *, extra_prefix: int = 0, extra_suffix: int = 0,
                   scale: float | None = None, key_mask: Tensor | None = None,
-                  backend: str = "auto") -> Tensor:
+                  key_mask_spatial: bool = True, backend: str = "auto") -> Tensor:
     """Generalized Neighborhood Attention over ``[B, H, N, D]`` tensors in natural token order.
 
     ``N = extra_prefix + prod(shape) + extra_suffix``. Spatial queries attend to their GNA
     neighborhood (DESIGN.md §1) plus every extra token; extra-token queries attend to all
     tokens. k/v may have fewer heads (GQA). ``key_mask`` (bool ``[B, N]`` or ``[B, 1, 1, N]``,
     True = attend) removes keys for every query; a query left with no key returns zeros.
+    ``key_mask_spatial=False`` promises the mask is True on every grid token, so fast backends
+    apply it to the extra-token keys only (the reference applies it everywhere regardless).
     """
     return _gna_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
-                             extra_suffix, scale, key_mask, backend))
+                             extra_suffix, scale, key_mask, key_mask_spatial, backend))
 
 
 def gna_attention_lse(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, dilation=1,
                       causal=False, *, extra_prefix: int = 0, extra_suffix: int = 0,
                       scale: float | None = None, key_mask: Tensor | None = None,
-                      backend: str = "auto") -> tuple[Tensor, Tensor]:
+                      key_mask_spatial: bool = True, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Like :func:`gna_attention` but also returns the fp32 log-sum-exp ``[B, H, N]`` (no autograd)."""
     return _gna_lse_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
-                                 extra_suffix, scale, key_mask, backend))
+                                 extra_suffix, scale, key_mask, key_mask_spatial, backend))

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..config import GNASpec
-from ..mask import attend_1d_t, key_range_t
+from ..mask import attend_1d_t, key_range
 
 __all__ = ["reference_attention", "default_tile"]
 
@@ -88,12 +88,14 @@ def reference_attention(q, k, v, spec: GNASpec, extra_prefix: int = 0, extra_suf
     for starts in itertools.product(*ranges):
         qcoords, box, masks = [], [], []
         for a, t, (n, w, s, d, c) in zip(starts, tile, spec.dims()):
-            qc = torch.arange(a, min(a + t, n), device=dev)
-            lo, hi = key_range_t(qc, n, w, s, d, c)
-            kc = torch.arange(int(lo.min()), int(hi.max()) + 1, device=dev)
-            qcoords.append(slice(a, a + len(qc)))
-            box.append(slice(int(kc[0]), int(kc[-1]) + 1))
-            masks.append(attend_1d_t(qc, kc, n, w, s, d, c))
+            b = min(a + t, n)
+            # Box bounds from host ints (no device sync); the mask itself on the device.
+            ranges_1d = [key_range(x, n, w, s, d, c) for x in range(a, b)]
+            lo, hi = min(r[0] for r in ranges_1d), max(r[1] for r in ranges_1d)
+            qcoords.append(slice(a, b))
+            box.append(slice(lo, hi + 1))
+            masks.append(attend_1d_t(torch.arange(a, b, device=dev), torch.arange(lo, hi + 1, device=dev),
+                                     n, w, s, d, c))
         # Product over dims: [q1..qk, k1..kk] -> [Qt, Kb].
         k_dims = len(masks)
         allowed = None
