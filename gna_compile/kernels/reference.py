@@ -78,7 +78,7 @@ def reference_attention(q, k, v, spec: GNASpec, extra_prefix: int = 0, extra_suf
     q_grid, o_grid, k_grid, v_grid = grid(qg), grid(og), grid(kk), grid(vv)
     l_grid = lg[..., P:P + S].unflatten(-1, shape)
     m_grid = None if km is None else km[..., P:P + S].unflatten(-1, shape)
-    has_extra = P + S < N
+    has_extra = N > S
     if has_extra:
         k_ext = torch.cat([kk[..., :P, :], kk[..., P + S:, :]], dim=-2)
         v_ext = torch.cat([vv[..., :P, :], vv[..., P + S:, :]], dim=-2)
