@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["key_range", "key_range_t", "attend_1d_t"]
+__all__ = ["key_range", "key_range_t", "attend_1d_t", "dense_mask"]
 
 
 def _dilated_extent(n: int, d: int, r):
@@ -60,3 +60,22 @@ def attend_1d_t(q: torch.Tensor, k: torch.Tensor, n: int, w: int, s: int = 1, d:
     if d > 1:
         ok &= (k % d) == (q % d)[:, None]
     return ok
+
+
+def dense_mask(spec, extra_prefix: int = 0, extra_suffix: int = 0, device=None) -> torch.Tensor:
+    """Bool ``[N, N]`` (query, key) mask of a whole sequence, extra tokens included.
+
+    O(N^2) memory: for small checks and demos only; kernels never build it.
+    """
+    S = spec.num_tokens
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, device=device) for n in spec.shape],
+                                        indexing="ij"), -1).view(S, spec.rank)
+    grid = torch.ones(S, S, dtype=torch.bool, device=device)
+    for i, (n, w, s, d, c) in enumerate(spec.dims()):
+        axis = torch.arange(n, device=device)
+        m = attend_1d_t(axis, axis, n, w, s, d, c)
+        grid &= m[coords[:, i][:, None], coords[:, i][None, :]]
+    N = extra_prefix + S + extra_suffix
+    full = torch.ones(N, N, dtype=torch.bool, device=device)
+    full[extra_prefix:extra_prefix + S, extra_prefix:extra_prefix + S] = grid
+    return full
