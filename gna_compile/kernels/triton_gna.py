@@ -1,0 +1,599 @@
+"""Hopper GNA forward kernel in Triton: kernel, tile choice and launch configs together.
+
+One program per (Q tile, head, batch). A Q tile is a box of the token grid (DESIGN.md §2);
+per dim the kernel computes, with a few scalar integer ops, the range of KV tiles its queries'
+windows can reach (the box) and the sub-range that every query of the tile sees completely
+(the intersection of its windows). KV tiles in the product of the full sub-ranges run with no
+mask at all; the rest of the box (at most three sub-boxes, each with one dim split in two
+intervals) runs with element masks. No block-mask tensors, no index lists.
+
+The kernel reads Q/K/V and writes O/LSE either in tiled (permuted) order, or straight in
+natural row-major order (``NAT``): with pointer loads a KV tile is BN rows of D contiguous
+elements either way, so gathering the rows costs nothing and saves the permutation passes.
+Extra (non-grid) tokens: grid queries also walk the extra keys densely (tail masked); extra
+queries run densely over all keys in programs scheduled first (they are the longest).
+Softmax is online, fp32, in base 2 (log2(e) folded into the scale); LSE is natural-log fp32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..mask import key_range
+
+__all__ = ["gna_forward", "gna_attention_permuted", "choose_tiles", "tile_stats", "kv_tiles_for",
+           "SUPPORTED_HEAD_DIMS"]
+
+SUPPORTED_HEAD_DIMS = (32, 64, 128)
+LOG2E = 1.4426950408889634
+NEG_INF = float("-inf")
+
+
+# ----------------------------------------------------------------------------- device code
+
+@triton.jit
+def _krange(q, n, w, s, d, CAUSAL: tl.constexpr, DIL: tl.constexpr):
+    """gna_compile.mask.key_range with integer ops (scalars or tensors; all values >= 0)."""
+    if DIL:
+        r = q % d
+        qd = q // d
+        nd = n // d + (r < n % d).to(tl.int32)
+    else:
+        qd = q
+        nd = n
+    if CAUSAL:
+        leader = tl.minimum((qd // s) * s + s - 1, nd - 1)
+        lo = tl.maximum(leader - w + 1, 0)
+        hi = qd
+    else:
+        wl = w // 2
+        wr = w // 2 + w % 2 - 1
+        leader = tl.minimum((qd // s) * s + s // 2, nd - 1)
+        center = tl.maximum(tl.minimum(leader, nd - 1 - wr), wl)
+        lo = center - wl
+        hi = center + wr
+    if DIL:
+        lo = lo * d + r
+        hi = hi * d + r
+    return lo, hi
+
+
+@triton.jit
+def _dim_ranges(qt, n, w, s, d, TQ: tl.constexpr, TK: tl.constexpr, CAUSAL: tl.constexpr,
+                DIL: tl.constexpr):
+    """KV-tile range [c_lo, c_hi] a Q tile visits in one dim, and its full sub-range
+    [f_lo, f_hi] (empty as f_lo = c_lo, f_hi = c_lo - 1)."""
+    a = qt * TQ
+    b = tl.minimum(a + TQ - 1, n - 1)
+    lo_a, hi_a = _krange(a, n, w, s, d, CAUSAL, DIL)
+    lo_b, hi_b = _krange(b, n, w, s, d, CAUSAL, DIL)
+    if DIL:
+        # Windows are monotone per residue class: scan the first / last d queries of the tile.
+        box_lo = lo_a
+        box_hi = hi_b
+        for j in range(1, d):
+            l1, h1 = _krange(tl.minimum(a + j, b), n, w, s, d, CAUSAL, DIL)
+            l2, h2 = _krange(tl.maximum(b - j, a), n, w, s, d, CAUSAL, DIL)
+            box_lo = tl.minimum(box_lo, l1)
+            box_hi = tl.maximum(box_hi, h2)
+    else:
+        box_lo = lo_a
+        box_hi = hi_b
+    c_lo = box_lo // TK
+    c_hi = box_hi // TK
+    # Keys every query of the tile sees: [lo(b), hi(a)] (monotone windows, no dilation).
+    f_lo = (lo_b + TK - 1) // TK
+    f_hi = (hi_a + 1) // TK - 1
+    empty = f_lo > f_hi
+    if DIL:
+        empty = empty | (d > 1)
+    f_lo = tl.where(empty, c_lo, f_lo)
+    f_hi = tl.where(empty, c_lo - 1, f_hi)
+    return c_lo, c_hi, f_lo, f_hi
+
+
+@triton.jit
+def _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P,
+              TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
+              TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
+              BM: tl.constexpr, NAT: tl.constexpr):
+    """First row of KV tile (c0, c1, c2) in the token dim (natural or tiled layout)."""
+    s0 = c0 * TK0
+    s1 = c1 * TK1
+    s2 = c2 * TK2
+    if NAT:
+        return P + (s0 * n1 + s1) * n2 + s2
+    else:
+        qt = ((s0 // TQ0) * NT1 + s1 // TQ1) * NT2 + s2 // TQ2
+        return P + qt * BM + ((s0 % TQ0) * TQ1 + s1 % TQ1) * TQ2 + s2 % TQ2
+
+
+@triton.jit
+def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale, mask,
+          MASKED: tl.constexpr, LOAD_MASK: tl.constexpr):
+    """One KV tile of online softmax (base 2). ``mask`` [BM, BN] only when MASKED;
+    ``LOAD_MASK`` masks the K/V loads with mask's key part (``kv_ok``) - passed via mask."""
+    if LOAD_MASK:
+        kv_ok = kv_rows >= 0
+        k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :])
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        qk = tl.where(mask, qk, NEG_INF)
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_use = tl.where(m_new == NEG_INF, 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_use = m_new
+    p = tl.exp2(qk - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if LOAD_MASK:
+        v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :])
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _extras(acc, l_i, m_i, q, k_base, v_base, km_base, skn, svn, offs_d, offs_n, qk_scale,
+            P, S, NG, BN: tl.constexpr, HAS_KM: tl.constexpr):
+    """Walk the prefix and suffix extra keys densely (tail masked, key mask applied)."""
+    npre = (P + BN - 1) // BN
+    nsuf = (S + BN - 1) // BN
+    for j in range(0, npre + nsuf):
+        is_pre = j < npre
+        start = tl.where(is_pre, j * BN, P + NG + (j - npre) * BN)
+        end = tl.where(is_pre, P, P + NG + S)
+        rows = start + offs_n
+        ok = rows < end
+        if HAS_KM:
+            ok = ok & (tl.load(km_base + rows, mask=ok, other=0) != 0)
+        rows = tl.where(ok, rows, -1)
+        acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                              ok[None, :], True, True)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _grid_key_ok(rows_local, n0, n1, n2, NT1, NT2,
+                 TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr, BM: tl.constexpr):
+    """Tiled layout: is grid position ``rows_local`` (0-based in the padded grid) a real token?"""
+    t = rows_local // BM
+    loc = rows_local % BM
+    c0 = (t // (NT1 * NT2)) * TQ0 + loc // (TQ1 * TQ2)
+    c1 = ((t // NT2) % NT1) * TQ1 + (loc // TQ2) % TQ1
+    c2 = (t % NT2) * TQ2 + loc % TQ2
+    return (c0 < n0) & (c1 < n1) & (c2 < n2)
+
+
+@triton.jit
+def _gna_fwd(Q, K, V, O, LSE, KM,
+             sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skmb,
+             G, P, S, NG, NT1, NT2, n_extra_tiles,
+             n0, n1, n2, w0, w1, w2, s0, s1, s2, d0, d1, d2, qk_scale,
+             TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
+             TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
+             BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+             C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
+             NAT: tl.constexpr, HAS_PAD: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
+             HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // G
+    b64 = b.to(tl.int64)
+    q_base = Q + b64 * sqb + h.to(tl.int64) * sqh
+    k_base = K + b64 * skb + kvh.to(tl.int64) * skh
+    v_base = V + b64 * svb + kvh.to(tl.int64) * svh
+    o_base = O + b64 * sob + h.to(tl.int64) * soh
+    l_base = LSE + b64 * slb + h.to(tl.int64) * slh
+    km_base = KM + b64 * skmb
+    offs_d = tl.arange(0, D)
+    offs_m = tl.arange(0, BM)
+    offs_n = tl.arange(0, BN)
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    m_i = tl.full([BM], NEG_INF, dtype=tl.float32)
+
+    if HAS_EXTRA_Q:
+        is_extra = pid < n_extra_tiles
+    else:
+        is_extra = False
+    if is_extra:
+        # ---- extra-token queries: dense over every key.
+        npre = (P + BM - 1) // BM
+        is_pre = pid < npre
+        start = tl.where(is_pre, pid * BM, P + NG + (pid - npre) * BM)
+        end = tl.where(is_pre, P, P + NG + S)
+        q_rows = start + offs_m
+        q_ok = q_rows < end
+        q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+        for j in range(0, (NG + BN - 1) // BN):
+            rows = P + j * BN + offs_n
+            ok = rows < P + NG
+            if HAS_PAD:
+                ok = ok & _grid_key_ok(j * BN + offs_n, n0, n1, n2, NT1, NT2, TQ0, TQ1, TQ2, BM)
+            if HAS_KM:
+                ok = ok & (tl.load(km_base + rows, mask=ok, other=0) != 0)
+            rows = tl.where(ok, rows, -1)
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                  ok[None, :], True, True)
+        if HAS_EXTRA_KV:
+            acc, l_i, m_i = _extras(acc, l_i, m_i, q, k_base, v_base, km_base, skn, svn, offs_d,
+                                    offs_n, qk_scale, P, S, NG, BN, HAS_KM)
+        st_rows = q_rows
+        st_ok = q_ok
+    else:
+        # ---- grid queries: GNA box of the Q tile, full tiles unmasked, then partial, then extras.
+        qt = pid - n_extra_tiles
+        qt2 = qt % NT2
+        qt1 = (qt // NT2) % NT1
+        qt0 = qt // (NT1 * NT2)
+        cl0, ch0, fl0, fh0 = _dim_ranges(qt0, n0, w0, s0, d0, TQ0, TK0, C0, DIL)
+        cl1, ch1, fl1, fh1 = _dim_ranges(qt1, n1, w1, s1, d1, TQ1, TK1, C1, DIL)
+        cl2, ch2, fl2, fh2 = _dim_ranges(qt2, n2, w2, s2, d2, TQ2, TK2, C2, DIL)
+        # Query coordinates (clamped into the grid, so padded rows behave like a real query).
+        a0 = qt0 * TQ0 + offs_m // (TQ1 * TQ2)
+        a1 = qt1 * TQ1 + (offs_m // TQ2) % TQ1
+        a2 = qt2 * TQ2 + offs_m % TQ2
+        q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
+        a0 = tl.minimum(a0, n0 - 1)
+        a1 = tl.minimum(a1, n1 - 1)
+        a2 = tl.minimum(a2, n2 - 1)
+        if NAT:
+            q_rows = P + (a0 * n1 + a1) * n2 + a2
+            q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
+        else:
+            q_rows = P + qt * BM + offs_m
+            q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :])
+        # Per-element offsets of a KV tile's rows relative to its first row (loop invariant).
+        e0 = offs_n // (TK1 * TK2)
+        e1 = (offs_n // TK2) % TK1
+        e2 = offs_n % TK2
+        if NAT:
+            kv_local = (e0 * n1 + e1) * n2 + e2
+        else:
+            kv_local = offs_n
+
+        # Full KV tiles: no mask of any kind.
+        ef0 = fh0 - fl0 + 1
+        ef1 = fh1 - fl1 + 1
+        ef2 = fh2 - fl2 + 1
+        ef1s = tl.maximum(ef1, 1)
+        ef2s = tl.maximum(ef2, 1)
+        for t in range(0, ef0 * ef1 * ef2):
+            c2 = fl2 + t % ef2s
+            c1 = fl1 + (t // ef2s) % ef1s
+            c0 = fl0 + t // (ef1s * ef2s)
+            rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
+            if KM_GRID:
+                kmok = tl.load(km_base + rows) != 0
+                acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                      kmok[None, :], True, False)
+            else:
+                acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                      None, False, False)
+
+        # Partial KV tiles: box minus full box = A (dim0 outside F0) + B (F0 x dim1 outside F1)
+        # + C (F0 x F1 x dim2 outside F2); the split dim of each piece maps its index x to the
+        # low interval [c_lo, f_lo) then the high one (f_hi, c_hi].
+        ev0 = ch0 - cl0 + 1
+        ev1 = ch1 - cl1 + 1
+        ev2 = ch2 - cl2 + 1
+        nA = (ev0 - ef0) * ev1 * ev2
+        nB = ef0 * (ev1 - ef1) * ev2
+        nC = ef0 * ef1 * (ev2 - ef2)
+        # Query-side window bounds per dim (loop invariant): key k ok iff 0 <= k - lo <= hi - lo.
+        lo0, hi0 = _krange(a0, n0, w0, s0, d0, C0, DIL)
+        lo1, hi1 = _krange(a1, n1, w1, s1, d1, C1, DIL)
+        lo2, hi2 = _krange(a2, n2, w2, s2, d2, C2, DIL)
+        wd0 = hi0 - lo0
+        wd1 = hi1 - lo1
+        wd2 = hi2 - lo2
+        for t in range(0, nA + nB + nC):
+            inA = t < nA
+            inB = (t >= nA) & (t < nA + nB)
+            inAB = t < nA + nB
+            u = tl.where(inA, t, tl.where(inB, t - nA, t - nA - nB))
+            E1 = tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1))
+            E2 = tl.where(inAB, ev2, ev2 - ef2)
+            E1 = tl.maximum(E1, 1)
+            E2 = tl.maximum(E2, 1)
+            x2 = u % E2
+            x1 = (u // E2) % E1
+            x0 = u // (E2 * E1)
+            r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
+            r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
+            r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
+            c0 = tl.where(inA, r0, fl0 + x0)
+            c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
+            c2 = tl.where(inAB, cl2 + x2, r2)
+            k0 = c0 * TK0 + e0
+            k1 = c1 * TK1 + e1
+            k2 = c2 * TK2 + e2
+            kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
+            mask = ((k0[None, :] - lo0[:, None]).to(tl.uint32) <= wd0[:, None].to(tl.uint32)) \
+                & ((k1[None, :] - lo1[:, None]).to(tl.uint32) <= wd1[:, None].to(tl.uint32)) \
+                & ((k2[None, :] - lo2[:, None]).to(tl.uint32) <= wd2[:, None].to(tl.uint32))
+            if DIL:
+                mask = mask & ((k0[None, :] % d0) == (a0 % d0)[:, None]) \
+                    & ((k1[None, :] % d1) == (a1 % d1)[:, None]) \
+                    & ((k2[None, :] % d2) == (a2 % d2)[:, None])
+            rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
+            if KM_GRID:
+                kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+            mask = mask & kin[None, :]
+            rows = tl.where(kin, rows, -1)
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                  mask, True, True)
+        if HAS_EXTRA_KV:
+            acc, l_i, m_i = _extras(acc, l_i, m_i, q, k_base, v_base, km_base, skn, svn, offs_d,
+                                    offs_n, qk_scale, P, S, NG, BN, HAS_KM)
+        st_rows = q_rows
+        if NAT:
+            st_ok = q_ok
+        else:
+            st_ok = q_rows >= 0
+
+    # ---- epilogue: normalise, natural-log LSE; rows that saw no key give 0 and -inf.
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, NEG_INF)
+    tl.store(o_base + st_rows[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=st_ok[:, None])
+    tl.store(l_base + st_rows, lse, mask=st_ok)
+
+
+# ----------------------------------------------------------------------------- tiles
+
+def _pad3(t, fill):
+    t = tuple(t)
+    return (fill,) * (3 - len(t)) + t
+
+
+def kv_tiles_for(q_tile, block_n: int):
+    """KV tile of ``block_n`` tokens that is a contiguous sub-box of ``q_tile`` (its first
+    non-trivial dim split), or None. With it one permutation serves both Q and KV tiles."""
+    q_tile = tuple(q_tile)
+    bm = math.prod(q_tile)
+    if block_n == bm:
+        return q_tile
+    if bm % block_n:
+        return None
+    ratio = bm // block_n
+    j = next(i for i, t in enumerate(q_tile) if t > 1)
+    if q_tile[j] % ratio:
+        return None
+    return q_tile[:j] + (q_tile[j] // ratio,) + q_tile[j + 1:]
+
+
+def _contiguous_sub(q_tile, kv_tile) -> bool:
+    """A sub-box is contiguous in a row-major box iff it is 1 before some dim j and equal after."""
+    k = len(q_tile)
+    for j in range(k):
+        if all(kv_tile[i] == 1 for i in range(j)) and all(kv_tile[i] == q_tile[i] for i in range(j + 1, k)):
+            return q_tile[j] % kv_tile[j] == 0
+    return False
+
+
+def _dim_stats(n, w, s, d, c, tq, tk):
+    """(sum over Q-tile coords of visited KV tiles, of full KV tiles) in one dim."""
+    vis = full = 0
+    for a in range(0, n, tq):
+        b = min(a + tq - 1, n - 1)
+        qs = range(a, b + 1)
+        rng = [key_range(x, n, w, s, d, c) for x in qs]
+        lo, hi = min(r[0] for r in rng), max(r[1] for r in rng)
+        vis += hi // tk - lo // tk + 1
+        if d == 1:
+            ilo, ihi = key_range(b, n, w, s, d, c)[0], key_range(a, n, w, s, d, c)[1]
+            f = (ihi + 1) // tk - 1 - (-(-ilo // tk)) + 1
+            full += max(f, 0)
+    return vis, full
+
+
+PARTIAL_PENALTY = 1.35  # a masked tile costs ~this many full tiles (to be re-measured)
+SMALL_M_PENALTY = 1.15  # BM=64 tiles use the tensor cores less well on Hopper
+
+
+def tile_stats(spec, q_tile, kv_tile):
+    """Totals over all Q tiles: (visited KV tiles, full KV tiles, Q tiles, dense tile visits)."""
+    vis = full = 1
+    nq = 1
+    for (n, w, s, d, c), tq, tk in zip(spec.dims(), q_tile, kv_tile):
+        v, f = _dim_stats(n, w, s, d, c, tq, tk)
+        vis *= v
+        full *= f
+        nq *= -(-n // tq)
+    n_kv = math.prod(-(-n // tk) for n, tk in zip(spec.shape, kv_tile))
+    return vis, full, nq, nq * n_kv
+
+
+def _candidate_q_tiles(shape, block_m):
+    k = len(shape)
+    exps = range(0, int(math.log2(block_m)) + 1)
+    out = []
+
+    def rec(prefix, left):
+        i = len(prefix)
+        if i == k - 1:
+            t = left
+            if t <= 2 * shape[i] or t == 1:
+                out.append(tuple(prefix + [t]))
+            return
+        for e in exps:
+            t = 2 ** e
+            if left % t == 0 and (t <= 2 * shape[i] or t == 1):
+                rec(prefix + [t], left // t)
+    rec([], block_m)
+    return out
+
+
+def choose_tiles(spec, extra_tokens: int = 0):
+    """(q_tile, kv_tile, predicted cost) for a problem: the cheapest supported tiling, cost in
+    units of 128x128 full tile visits. Uses the simulator when its search is available."""
+    best = None
+    for bm in (128, 64):
+        for qt in _candidate_q_tiles(spec.shape, bm):
+            for bn in (128, 64):
+                if bn > bm:
+                    continue
+                kt = kv_tiles_for(qt, bn)
+                if kt is None:
+                    continue
+                vis, full, nq, _ = tile_stats(spec, qt, kt)
+                pad_q = nq * bm
+                cost = (full + (vis - full) * PARTIAL_PENALTY) * bm * bn / 128 ** 2
+                cost += pad_q * extra_tokens / 128 ** 2
+                if bm == 64:
+                    cost *= SMALL_M_PENALTY
+                key = (cost, -bm, -bn)
+                if best is None or key < best[0]:
+                    best = (key, qt, kt, cost)
+    return best[1], best[2], best[3]
+
+
+def predicted_speedup(spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0):
+    """Dense tile visits / GNA tile visits (partial tiles weighted), extras included."""
+    E = extra_prefix + extra_suffix
+    N = spec.num_tokens + E
+    dense = (N / 128) ** 2
+    vis, full, nq, _ = tile_stats(spec, q_tile, kv_tile)
+    bm, bn = math.prod(q_tile), math.prod(kv_tile)
+    gna = (full + (vis - full) * PARTIAL_PENALTY) * bm * bn / 128 ** 2
+    gna += nq * bm * E / 128 ** 2 + E * N / 128 ** 2
+    return dense / gna
+
+
+# ----------------------------------------------------------------------------- launch
+
+_CONFIG_CACHE: dict = {}
+_DEFAULT_CONFIGS = {128: [(8, 2), (8, 3), (4, 2)], 64: [(4, 2), (4, 3), (8, 2)]}
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, scale=None,
+                key_mask=None, key_mask_grid=False, natural=True, out=None, lse=None,
+                config=None):
+    """Launch the kernel. ``natural``: tensors in natural token order, else tiled order with
+    padding (``permute_tokens`` layout). ``key_mask``: int8/bool ``[B, N]`` in the same layout
+    as the tensors; applied to extra keys, and to grid keys when ``key_mask_grid``.
+    Returns ``(out, lse)`` in the same layout."""
+    B, H, N, D = q.shape
+    Hkv = k.shape[1]
+    if D not in SUPPORTED_HEAD_DIMS or v.shape[-1] != D:
+        raise ValueError(f"head dim {D} (v: {v.shape[-1]}) not supported: need q/k/v dims equal, in {SUPPORTED_HEAD_DIMS}")
+    if H % Hkv:
+        raise ValueError(f"H={H} must be a multiple of the kv heads {Hkv}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("q, k, v need a contiguous last dim")
+    rank = spec.rank
+    shape3 = _pad3(spec.shape, 1)
+    win3 = _pad3(spec.window, 1)
+    str3 = _pad3(spec.stride, 1)
+    dil3 = _pad3(spec.dilation, 1)
+    cau3 = _pad3(spec.causal, False)
+    tq3, tk3 = _pad3(q_tile, 1), _pad3(kv_tile, 1)
+    if len(q_tile) != rank or len(kv_tile) != rank:
+        raise ValueError(f"q_tile={q_tile} / kv_tile={kv_tile} need {rank} dims")
+    if not _contiguous_sub(tuple(q_tile), tuple(kv_tile)):
+        raise ValueError(f"kv_tile={kv_tile} must be a contiguous sub-box of q_tile={q_tile}")
+    BM, BN = math.prod(q_tile), math.prod(kv_tile)
+    if BM not in (16, 32, 64, 128) or BN not in (16, 32, 64, 128):
+        raise ValueError(f"tile sizes {BM}x{BN} not supported (q/kv tiles of 16..128 tokens, powers of 2)")
+    pshape = tuple(-(-n // t) * t for n, t in zip(shape3, tq3))
+    nt = [p // t for p, t in zip(pshape, tq3)]
+    n_grid = math.prod(shape3)
+    NG = n_grid if natural else math.prod(pshape)
+    P, S = extra_prefix, extra_suffix
+    if N != P + NG + S:
+        raise ValueError(f"token dim {N} != extra_prefix + grid + extra_suffix = {P} + {NG} + {S}")
+    if k.shape[2] != N or v.shape[2] != N:
+        raise ValueError("q, k, v must have the same number of tokens")
+    scale = D ** -0.5 if scale is None else scale
+    if out is None:
+        out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    if key_mask is not None:
+        km = key_mask.to(torch.int8) if key_mask.dtype == torch.bool else key_mask
+        if km.shape != (B, N) or km.stride(-1) != 1:
+            raise ValueError(f"key_mask must be a [B, N] = [{B}, {N}] tensor with contiguous tokens")
+    else:
+        km = torch.empty(1, 1, dtype=torch.int8, device=q.device)
+    n_extra_tiles = -(-P // BM) + -(-S // BM)
+    grid = (n_extra_tiles + math.prod(nt), H, B)
+    meta = dict(TQ0=tq3[0], TQ1=tq3[1], TQ2=tq3[2], TK0=tk3[0], TK1=tk3[1], TK2=tk3[2],
+                BM=BM, BN=BN, D=D, C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
+                NAT=bool(natural), HAS_PAD=(pshape != shape3) and not natural, KM_GRID=bool(key_mask is not None and key_mask_grid),
+                HAS_KM=key_mask is not None, HAS_EXTRA_KV=(P + S) > 0, HAS_EXTRA_Q=(P + S) > 0)
+    args = (q, k, v, out, lse, km,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1), km.stride(0),
+            H // Hkv, P, S, NG, nt[1], nt[2], n_extra_tiles,
+            *shape3, *win3, *str3, *dil3, scale * LOG2E)
+
+    def launch(cfg):
+        nw, ns = cfg
+        _gna_fwd[grid](*args, **meta, num_warps=nw, num_stages=ns)
+
+    if config is None and not _interpret():
+        key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
+               bool(natural), meta["HAS_KM"], meta["KM_GRID"], torch.cuda.get_device_name(q.device))
+        config = _CONFIG_CACHE.get(key)
+        if config is None:
+            config = _autotune(launch, BM, out)
+            _CONFIG_CACHE[key] = config
+    elif config is None:
+        config = (4, 1)
+    launch(config)
+    return out, lse
+
+
+def _autotune(launch, BM, out):
+    """Time the few launch configs that suit this tile size; the cache keeps the winner."""
+    if os.environ.get("GNA_TRITON_AUTOTUNE", "1") == "0":
+        return _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64][0]
+    from triton.testing import do_bench
+    best = None
+    for cfg in _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64]:
+        try:
+            t = do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
+        except Exception:  # e.g. out of shared memory for this config
+            continue
+        if best is None or t < best[0]:
+            best = (t, cfg)
+    if best is None:
+        raise RuntimeError("no launch config of the GNA kernel compiled for this problem")
+    return best[1]
+
+
+def gna_attention_permuted(qp, kp, vp, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0,
+                           scale=None, key_mask=None):
+    """GNA attention on tensors already in tiled order (``permute_tokens(x, shape, q_tile, ...)``).
+
+    ``key_mask`` is a :class:`~gna_compile.kernels.dispatch.KeyMask` in natural order (or None).
+    Returns ``(out, lse)`` in tiled order; padded rows hold finite values to be dropped.
+    """
+    from .permute import permute_tokens
+    km = None
+    grid_mask = False
+    if key_mask is not None:
+        m = key_mask.mask.to(torch.float32)[:, :, None]
+        km = permute_tokens(m, spec.shape, q_tile, extra_prefix, extra_suffix)[..., 0].to(torch.int8).contiguous()
+        grid_mask = bool(key_mask.spatial)
+    return gna_forward(qp, kp, vp, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
+                       km, grid_mask, natural=False)
