@@ -10,6 +10,7 @@ from .config import GNA, GNASpec, make_spec
 from .kernels.dispatch import available_backends, dense_attention
 from .kernels.op import gna_attention, gna_attention_lse
 from .kernels.permute import permute_tokens, unpermute_tokens
+from .kernels import tiled_op as _tiled_op  # noqa: F401  (registers the tiled-layout ops)
 
 __version__ = "0.1.0"
 
