@@ -91,6 +91,10 @@ class SimResult:
     hold at least one real key (tiles of pure padding are never visited). "Spatial" fields
     ignore extra tokens; the ``*_with_extras`` fields and ``extra_*`` add them (extra KV
     tiles are visited by every Q tile; extra-token query rows run dense).
+
+    Speedups compare with a dense kernel of the same tile sizes on the *unpadded* sequence
+    (``dense_baseline_tiles``), not with ``dense_tiles``: otherwise padding would inflate
+    the speedup of tiles that fit the grid badly. Both agree when tiles divide the grid.
     """
 
     shape: tuple[int, ...]
@@ -109,17 +113,18 @@ class SimResult:
     visited_tiles: int         # KV-tile visits summed over Q tiles
     full_tiles: int            # visits that need no mask
     partial_tiles: int         # visits that need the fine-grained mask
-    dense_tiles: int           # q_tiles * kv_tiles
+    dense_tiles: int           # q_tiles * kv_tiles (the padded grid's tiling)
+    dense_baseline_tiles: int  # dense kernel, same tile sizes, unpadded: ceil(N/Tq)*ceil(N/Tk)
     attended_pairs: int        # spatial (query, key) pairs the mask allows
     flop_speedup: float        # num_tokens**2 / attended_pairs
     sparsity: float            # fraction of spatial pairs masked
-    tile_speedup: float        # dense_tiles / (full + mask_penalty * partial)
+    tile_speedup: float        # dense_baseline_tiles / (full + mask_penalty * partial)
     perfectly_block_sparse: bool
     per_dim: tuple[DimStats, ...]
     extra_q_tiles: int         # Q tiles of extra-token rows (dense)
     extra_kv_tiles: int        # extra-token KV tiles each Q tile visits
     extra_visits: int          # all KV-tile visits caused by extra tokens
-    dense_tiles_with_extras: int
+    dense_tiles_with_extras: int  # dense baseline over all prod(shape)+extras tokens
     flop_speedup_with_extras: float
     tile_speedup_with_extras: float
 
@@ -203,17 +208,20 @@ def build_result(spec, q_tile, kv_tile, per_dim, pairs, extra_prefix, extra_suff
     e_q = _cdiv(extras, math.prod(q_tile))
     e_kv = _cdiv(extras, math.prod(kv_tile))
     extra_visits = q_tiles * e_kv + e_q * (kv_tiles + e_kv)
-    dense_x = (q_tiles + e_q) * (kv_tiles + e_kv)
     total = n_tok + extras
+    tq_tok, tk_tok = math.prod(q_tile), math.prod(kv_tile)
+    baseline = _cdiv(n_tok, tq_tok) * _cdiv(n_tok, tk_tok)
+    dense_x = _cdiv(total, tq_tok) * _cdiv(total, tk_tok)
     pairs_x = pairs + n_tok * extras + extras * total
     return SimResult(
         shape=spec.shape, window=spec.window, stride=spec.stride, dilation=spec.dilation,
         causal=spec.causal, q_tile=tuple(q_tile), kv_tile=tuple(kv_tile),
         extra_prefix=extra_prefix, extra_suffix=extra_suffix, mask_penalty=p,
         num_tokens=n_tok, q_tiles=q_tiles, kv_tiles=kv_tiles, visited_tiles=visited,
-        full_tiles=full, partial_tiles=partial, dense_tiles=dense, attended_pairs=pairs,
+        full_tiles=full, partial_tiles=partial, dense_tiles=dense, dense_baseline_tiles=baseline,
+        attended_pairs=pairs,
         flop_speedup=n_tok * n_tok / pairs, sparsity=1.0 - pairs / (n_tok * n_tok),
-        tile_speedup=dense / cost, perfectly_block_sparse=partial == 0, per_dim=per_dim,
+        tile_speedup=baseline / cost, perfectly_block_sparse=partial == 0, per_dim=per_dim,
         extra_q_tiles=e_q, extra_kv_tiles=e_kv, extra_visits=extra_visits,
         dense_tiles_with_extras=dense_x, flop_speedup_with_extras=total * total / pairs_x,
         tile_speedup_with_extras=dense_x / (cost + extra_visits))
