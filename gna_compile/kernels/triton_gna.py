@@ -438,9 +438,43 @@ def _candidate_q_tiles(shape, block_m):
     return out
 
 
-def choose_tiles(spec, extra_tokens: int = 0):
-    """(q_tile, kv_tile, predicted cost) for a problem: the cheapest supported tiling, cost in
-    units of 128x128 full tile visits. Uses the simulator when its search is available."""
+def _sim_choose(spec, extra_prefix, extra_suffix):
+    """Tile choice by NATTENSim (gna_compile.sim) over the tile pairs this kernel supports."""
+    from ..sim import candidate_tiles, simulate
+    best = None
+    for qt, kt in candidate_tiles(spec.shape, sizes=(128, 64)):
+        bm, bn = math.prod(qt), math.prod(kt)
+        if bm not in (64, 128) or bn not in (64, 128) or not _contiguous_sub(qt, kt):
+            continue
+        r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt,
+                     extra_prefix, extra_suffix, mask_penalty=PARTIAL_PENALTY)
+        speed = r.tile_speedup_with_extras / (SMALL_M_PENALTY if bm == 64 else 1.0)
+        key = (-round(speed, 9), -bm, -bn)
+        if best is None or key < best[0]:
+            best = (key, qt, kt, r)
+    if best is None:
+        raise ValueError("no supported tiling")
+    return best[1], best[2], best[3]
+
+
+_TILE_CACHE: dict = {}
+
+
+def choose_tiles(spec, extra_prefix: int = 0, extra_suffix: int = 0):
+    """(q_tile, kv_tile) for a problem, picked by the simulator (local fallback: the same
+    count with this module's own per-dim stats), cached per problem."""
+    key = (tuple(spec.dims()), extra_prefix, extra_suffix)
+    if key in _TILE_CACHE:
+        return _TILE_CACHE[key]
+    try:
+        qt, kt, _ = _sim_choose(spec, extra_prefix, extra_suffix)
+    except ImportError:
+        qt, kt, _ = _local_choose(spec, extra_prefix + extra_suffix)
+    _TILE_CACHE[key] = (qt, kt)
+    return qt, kt
+
+
+def _local_choose(spec, extra_tokens: int = 0):
     best = None
     for bm in (128, 64):
         for qt in _candidate_q_tiles(spec.shape, bm):

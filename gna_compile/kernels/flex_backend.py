@@ -1,0 +1,143 @@
+"""Backend "flex" (not auto): FlexAttention with a block mask built from the same GNA
+definition (gna_compile.mask) in the same tiled token order. The benchmark's competitor.
+
+Tokens are permuted with the Q tile the simulator picks for the Triton kernel (128 tokens,
+FlexAttention's block size), so both kernels see the same tile boxes. mask_mod maps each
+permuted index back to grid coordinates and applies ``key_range_t`` per dim; extra tokens are
+dense (queries) / always visible (keys); padding keys are masked; the key mask is applied.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from ..mask import key_range_t
+from .dispatch import register_backend
+from .permute import permute_tokens, unpermute_tokens
+
+__all__ = ["why_not", "run", "gna_mask_mod", "gna_block_mask"]
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    _ERR = None
+except ImportError as e:  # pragma: no cover
+    _ERR = f"FlexAttention unavailable ({e})"
+
+
+def gna_mask_mod(spec, q_tile, extra_prefix, extra_suffix, key_mask=None):
+    """mask_mod(b, h, q_idx, kv_idx) over the permuted layout ``[prefix][tiled grid][suffix]``.
+    ``key_mask``: None or a bool [B, Ntot] in the permuted layout (padding False)."""
+    shape = tuple(spec.shape)
+    tile = tuple(q_tile)
+    pshape = tuple(-(-n // t) * t for n, t in zip(shape, tile))
+    ntiles = [p // t for p, t in zip(pshape, tile)]
+    BM = math.prod(tile)
+    P, NPG = extra_prefix, math.prod(pshape)
+    dims = spec.dims()
+
+    def coords(g):
+        t, loc = g // BM, g % BM
+        out = []
+        for i in range(len(shape)):
+            after_t = math.prod(ntiles[i + 1:])
+            after_l = math.prod(tile[i + 1:])
+            out.append(((t // after_t) % ntiles[i]) * tile[i] + (loc // after_l) % tile[i])
+        return out
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        gq, gk = q_idx - P, kv_idx - P
+        q_grid = (gq >= 0) & (gq < NPG)
+        k_grid = (gk >= 0) & (gk < NPG)
+        qc = coords(gq.clamp(0, NPG - 1))
+        kc = coords(gk.clamp(0, NPG - 1))
+        k_real = k_grid
+        ok = q_grid
+        for (n, w, s, d, c), a, kk in zip(dims, qc, kc):
+            k_real = k_real & (kk < n)
+            lo, hi = key_range_t(a.clamp(max=n - 1), n, w, s, d, c)
+            ok = ok & (kk >= lo) & (kk <= hi)
+            if d > 1:
+                ok = ok & ((kk % d) == (a % d))
+        # grid query: GNA keys + every extra key; extra query: every real key.
+        allowed = (ok & k_real) | (q_grid & ~k_grid) | (~q_grid & (k_real | ~k_grid))
+        if key_mask is not None:
+            allowed = allowed & key_mask[b, kv_idx]
+        return allowed
+
+    return mask_mod
+
+
+@lru_cache(maxsize=16)
+def _block_mask_cached(spec, q_tile, P, S, n_tot, device):
+    mm = gna_mask_mod(spec, q_tile, P, S)
+    return create_block_mask(mm, None, None, n_tot, n_tot, device=device, BLOCK_SIZE=128)
+
+
+def gna_block_mask(spec, q_tile, extra_prefix, extra_suffix, n_tot, device, key_mask=None, batch=None):
+    """Block mask of the GNA pattern (cached when there is no key mask)."""
+    if key_mask is None:
+        return _block_mask_cached(spec, tuple(q_tile), extra_prefix, extra_suffix, n_tot, str(device))
+    mm = gna_mask_mod(spec, q_tile, extra_prefix, extra_suffix, key_mask)
+    return create_block_mask(mm, batch, None, n_tot, n_tot, device=device, BLOCK_SIZE=128)
+
+
+_COMPILED = None
+
+
+def _flex():
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED
+
+
+def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+    if _ERR is not None:
+        return _ERR
+    if not q.is_cuda:
+        return "the flex backend is for CUDA (benchmark competitor)"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype}"
+    return None
+
+
+def q_tile_for(spec, extra_prefix=0, extra_suffix=0):
+    """Same tile order as the Triton kernel, restricted to 128-token tiles (flex's block)."""
+    try:
+        from .triton_gna import choose_tiles
+        qt, _ = choose_tiles(spec, extra_prefix, extra_suffix)
+        if math.prod(qt) == 128:
+            return qt
+    except ImportError:
+        pass
+    from ..sim import default_tile
+    return tuple(default_tile(spec.shape))
+
+
+def run_permuted(qp, kp, vp, spec, q_tile, extra_prefix, extra_suffix, scale, key_mask=None):
+    """Flex attention on permuted tensors; ``key_mask`` bool [B, Ntot] permuted (or None)."""
+    n_tot = qp.shape[-2]
+    bm = gna_block_mask(spec, q_tile, extra_prefix, extra_suffix, n_tot, qp.device, key_mask, qp.shape[0])
+    out, lse = _flex()(qp, kp, vp, block_mask=bm, scale=scale, enable_gqa=qp.shape[1] != kp.shape[1],
+                       return_lse=True)
+    return out, lse
+
+
+def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+    P, S = extra_prefix, extra_suffix
+    q_tile = q_tile_for(spec, P, S)
+    perm = [permute_tokens(t, spec.shape, q_tile, P, S) for t in (q, k, v)]
+    kmp = None
+    if key_mask is not None:
+        kmp = permute_tokens(key_mask.mask.to(q.dtype)[..., None], spec.shape, q_tile, P, S)[..., 0] > 0
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out, lse = run_permuted(*perm, spec, q_tile, P, S, scale, kmp)
+    out = unpermute_tokens(out, spec.shape, q_tile, P, S).contiguous()
+    lse = unpermute_tokens(lse[..., None], spec.shape, q_tile, P, S)[..., 0].float().contiguous()
+    return out, lse
+
+
+register_backend("flex", run, why_not, auto=False)

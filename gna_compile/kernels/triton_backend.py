@@ -1,0 +1,68 @@
+"""Backend "triton": the Hopper GNA kernel (gna_compile.kernels.triton_gna) behind the op.
+
+Runs on natural-order tensors: the kernel gathers Q/K/V rows and scatters O rows by tile
+coordinates itself, so no permutation pass is needed here (``gna_attention_permuted`` is the
+entry point for already permuted tensors). Tiles come from the simulator per problem.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .dispatch import register_backend
+
+try:
+    import triton  # noqa: F401
+    _TRITON_ERR = None
+except ImportError as e:  # pragma: no cover - depends on the environment
+    _TRITON_ERR = f"triton is not installed ({e})"
+
+__all__ = ["why_not", "run"]
+
+_GPU_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+    """None if the Triton kernel can run this call, else the reason."""
+    if _TRITON_ERR is not None:
+        return _TRITON_ERR
+    from .triton_gna import SUPPORTED_HEAD_DIMS
+    if q.is_cuda:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        if major < 8:
+            return f"GPU compute capability {major}.{minor} < 8.0"
+        if q.dtype not in _GPU_DTYPES:
+            return f"dtype {q.dtype} (the kernel takes float16/bfloat16)"
+    elif not (_interpret() and q.device.type == "cpu"):
+        return f"device {q.device.type} (needs CUDA, or TRITON_INTERPRET=1 on the CPU)"
+    elif q.dtype not in (*_GPU_DTYPES, torch.float32):
+        return f"dtype {q.dtype} (the kernel takes float16/bfloat16; float32 in interpret mode)"
+    if not (k.dtype == v.dtype == q.dtype):
+        return "q, k, v dtypes differ"
+    D = q.shape[-1]
+    if D not in SUPPORTED_HEAD_DIMS or k.shape[-1] != D or v.shape[-1] != D:
+        return f"head dims q/k/v = {D}/{k.shape[-1]}/{v.shape[-1]} (need equal, one of {SUPPORTED_HEAD_DIMS})"
+    if q.shape[1] % k.shape[1]:
+        return f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
+    return None
+
+
+def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+    from .triton_gna import choose_tiles, gna_forward
+    q_tile, kv_tile = choose_tiles(spec, extra_prefix, extra_suffix)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    km, grid_mask = None, False
+    if key_mask is not None:
+        km = key_mask.mask.to(device=q.device, dtype=torch.int8).contiguous()
+        grid_mask = bool(key_mask.spatial)
+    return gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, km,
+                       grid_mask, natural=True)
+
+
+register_backend("triton", run, why_not, auto=True)
