@@ -189,3 +189,30 @@ def test_gpu_int64_offsets():
     _check(out[:, h], lse[:, h], *ref, torch.bfloat16)
     del q, k, v, out, lse
     torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("shape,w,s,d,c,qt,P,S", [
+    ((7, 9), (3, 4), (2, 2), (1, 2), (False, True), (4, 4), 2, 3),
+    ((5, 6, 7), (3, 4, 5), (1, 2, 3), 1, False, (2, 4, 4), 0, 4)])
+def test_flex_mask_mod_is_gna(shape, w, s, d, c, qt, P, S):
+    """The flex competitor's mask_mod, evaluated densely in tiled order, equals DESIGN §1."""
+    from gna_compile.kernels.flex_backend import gna_mask_mod
+    from gna_compile.mask import dense_mask
+    spec = make_spec(shape, w, s, d, c)
+    pshape = [-(-n // t) * t for n, t in zip(shape, qt)]
+    i = torch.arange(P + math.prod(pshape) + S)
+    m = gna_mask_mod(spec, qt, P, S)(0, 0, i[:, None], i[None, :]).float()
+    m = unpermute_tokens(m, shape, qt, P, S)
+    m = unpermute_tokens(m.t().contiguous(), shape, qt, P, S).t()
+    assert torch.equal(m.bool(), dense_mask(spec, P, S))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_flex_backend():
+    import gna_compile
+    shape, w, s, P = (24, 40), (9, 12), (3, 4), 100
+    spec = make_spec(shape, w, s)
+    q, k, v = _inputs(spec, P, 0, 4, 2, 64, torch.bfloat16)
+    out, lse = gna_compile.gna_attention_lse(q, k, v, shape, w, s, extra_prefix=P, backend="flex")
+    _check(out, lse, *_ref(q, k, v, spec, P, 0, None, None), torch.bfloat16)

@@ -73,7 +73,7 @@ def gna_mask_mod(spec, q_tile, extra_prefix, extra_suffix, key_mask=None):
 @lru_cache(maxsize=16)
 def _block_mask_cached(spec, q_tile, P, S, n_tot, device):
     mm = gna_mask_mod(spec, q_tile, P, S)
-    return create_block_mask(mm, None, None, n_tot, n_tot, device=device, BLOCK_SIZE=128)
+    return create_block_mask(mm, None, None, n_tot, n_tot, device=device, BLOCK_SIZE=128, _compile=True)
 
 
 def gna_block_mask(spec, q_tile, extra_prefix, extra_suffix, n_tot, device, key_mask=None, batch=None):
@@ -81,7 +81,7 @@ def gna_block_mask(spec, q_tile, extra_prefix, extra_suffix, n_tot, device, key_
     if key_mask is None:
         return _block_mask_cached(spec, tuple(q_tile), extra_prefix, extra_suffix, n_tot, str(device))
     mm = gna_mask_mod(spec, q_tile, extra_prefix, extra_suffix, key_mask)
-    return create_block_mask(mm, batch, None, n_tot, n_tot, device=device, BLOCK_SIZE=128)
+    return create_block_mask(mm, batch, None, n_tot, n_tot, device=device, BLOCK_SIZE=128, _compile=True)
 
 
 _COMPILED = None
