@@ -63,6 +63,8 @@ def _all(node, d, lo, hi, value: bool) -> bool:
     if shape is None:
         return False
     x = node.args[0] if node.args else None
+    if name == "getitem" and _is_view_index(node.args[1]):
+        name = "view"
     if name in ("ones", "new_ones", "ones_like"):
         return value
     if name in ("zeros", "new_zeros", "zeros_like"):
@@ -74,6 +76,8 @@ def _all(node, d, lo, hi, value: bool) -> bool:
         v = example_value(x)
         return isinstance(v, torch.Tensor) and v.dtype == torch.bool and _all(x, d, lo, hi, value)
     if name in ("unsqueeze", "view", "reshape", "expand", "squeeze", "flatten"):
+        if name == "view" and not isinstance(x, Node):
+            return False
         if d is None:
             return _all(x, None, lo, hi, value)
         src = _key_src(node, x, d) if name != "expand" else d - (len(shape) - len(shape_of(x)))
@@ -115,6 +119,12 @@ def _all(node, d, lo, hi, value: bool) -> bool:
             pos = pos + n
         return True
     return False
+
+
+def _is_view_index(idx) -> bool:
+    """x[:, None, None, :]-style indexing: only full slices, None and Ellipsis (a reshape)."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    return all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in idx)
 
 
 def _bd(node, operand, d):
