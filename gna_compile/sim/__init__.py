@@ -7,13 +7,8 @@ lists the tile pairs a kernel may use. CLI: ``python -m gna_compile.sim --help``
 
 from .core import DimStats, SimResult, simulate
 from .penalty import MASK_PENALTY
+from .ranking import search
 from .tiles import candidate_tiles, default_tile, is_kv_subtile
 
 __all__ = ["simulate", "search", "candidate_tiles", "default_tile", "is_kv_subtile",
            "SimResult", "DimStats", "MASK_PENALTY"]
-
-
-def search(*args, **kwargs):
-    """See :func:`gna_compile.sim.search.search` (imported lazily)."""
-    from .search import search as _search
-    return _search(*args, **kwargs)

@@ -14,7 +14,7 @@ import sys
 
 from .core import simulate
 from .report import LEGEND, format_header, format_table
-from .search import search
+from .ranking import search
 
 __all__ = ["main"]
 

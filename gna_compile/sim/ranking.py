@@ -1,4 +1,4 @@
-"""Config search: rank (window, stride, Q/KV tiles) by NATTENSim's simulated speedup.
+"""Config search (``search``): rank (window, stride, Q/KV tiles) by NATTENSim's simulated speedup.
 
 Everything factorizes per dim, so the search works on cached per-dim stats
 (:func:`~gna_compile.sim.core.dim_stats`) and builds a :class:`SimResult` only for configs
