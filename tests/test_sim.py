@@ -91,6 +91,24 @@ def test_simulate_equals_brute_force(cfg):
     assert r.perfectly_block_sparse == (visited == full)
 
 
+def test_simulate_equals_brute_force_1d_sweep():
+    """Deterministic sweep of one dim (every dim's count is a factor of the total), covering
+    dilation with 1-wide tiles, where full visits exist only per key."""
+    seen_dilated_full = 0
+    for n in (5, 7, 9):
+        for d in (1, 2, 3):
+            for w in range(2, n // d + 1):
+                for s in sorted({1, 2, w}):
+                    for c in (False, True):
+                        for tq in (1, 2, 3):
+                            for tk in (1, 2):
+                                cfg = ((n,), (w,), (s,), (d,), (c,), (tq,), (tk,))
+                                r = simulate(n, w, s, d, c, q_tile=tq, kv_tile=tk)
+                                got = (r.visited_tiles, r.full_tiles, r.dense_tiles, r.attended_pairs)
+                                assert got == brute_force(*cfg), cfg
+                                seen_dilated_full += d > 1 and r.full_tiles > 0
+    assert seen_dilated_full > 0
+
 def test_brute_force_counts_a_hand_example():
     # 1-D, n=6, w=2, s=1 (windows shift inward at borders): q0,q1 -> keys 0-1, q2 -> 1-2,
     # q3 -> 2-3, q4 -> 3-4, q5 -> 4-5. Tiles of 3: Q tile 0 sees keys 0-2 (KV tile 0 only),
