@@ -71,6 +71,7 @@ def hint(expr, shape_env=None) -> int | None:
     if shape_env is None:
         return None
     try:
-        return int(shape_env.size_hint(expr))
+        fn = getattr(shape_env, "optimization_hint", None) or shape_env.size_hint  # torch 2.11 has no optimization_hint
+        return int(fn(expr))
     except Exception:  # an unbacked symbol has no hint
         return None

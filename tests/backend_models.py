@@ -1,0 +1,82 @@
+"""Small models shared by the backend tests (not collected by pytest: no test_ prefix)."""
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def heads(x, h):
+    B, N, C = x.shape
+    return x.view(B, N, h, C // h).transpose(1, 2)
+
+
+class ViT(nn.Module):
+    """Conv2d patchify, class token first, one self-attention."""
+
+    def __init__(self, dim=16, h=2):
+        super().__init__()
+        self.h = h
+        self.patch = nn.Conv2d(3, dim, 2, 2)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, img):
+        t = self.patch(img).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1)
+        q, k, v = (heads(z, self.h) for z in self.qkv(t).chunk(3, dim=-1))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
+class VideoBlock(nn.Module):
+    """Conv3d patchify, text tokens after the video tokens, boolean text padding mask."""
+
+    def __init__(self, dim=16, h=2):
+        super().__init__()
+        self.h = h
+        self.patch = nn.Conv3d(4, dim, (1, 2, 2), (1, 2, 2))
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, video, text, text_mask):
+        x = self.patch(video).flatten(2).transpose(1, 2)
+        x = torch.cat([x, text], dim=1)
+        keep = torch.ones(x.shape[0], x.shape[1] - text.shape[1], dtype=torch.bool)
+        mask = torch.cat([keep, text_mask], dim=1)[:, None, None, :]
+        q, k, v = (heads(z, self.h) for z in self.qkv(x).chunk(3, dim=-1))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class FluxLike(nn.Module):
+    """Latents arrive already packed to [B, N, C] (no grid in the graph); text goes first."""
+
+    def __init__(self, dim=16, h=2):
+        super().__init__()
+        self.h = h
+        self.img_in, self.txt_in = nn.Linear(8, dim), nn.Linear(12, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, packed, text):
+        x = torch.cat([self.txt_in(text), self.img_in(packed)], dim=1)
+        q, k, v = (heads(z, self.h) for z in self.qkv(x).chunk(3, dim=-1))
+        return torch._C._nn.scaled_dot_product_attention(q, k, v)
+
+
+class BiasViT(ViT):
+    """Like ViT but with an additive float bias: must stay dense."""
+
+    def forward(self, img, bias):
+        t = self.patch(img).flatten(2).transpose(1, 2)
+        q, k, v = (heads(z, self.h) for z in self.qkv(t).chunk(3, dim=-1))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def graph_code(gm) -> str:
+    """``gm.code`` body without the signature, placeholder renames and ``x = None`` frees."""
+    out = []
+    for line in gm.code.strip().splitlines():
+        if re.match(r"\s*\w+ = L_\w+$", line) or not line.strip() or line.startswith("def "):
+            continue
+        line = re.sub(r";\s+[\w\s=]+ = None$", "", line)
+        out.append(line.replace("    ", "", 1) if line.startswith("    ") else line)
+    return "\n".join(out)
