@@ -90,7 +90,8 @@ class SimResult:
     Tile counts are over the padded grid's static tiling; ``kv_tiles`` counts KV tiles that
     hold at least one real key (tiles of pure padding are never visited). "Spatial" fields
     ignore extra tokens; the ``*_with_extras`` fields and ``extra_*`` add them (extra KV
-    tiles are visited by every Q tile; extra-token query rows run dense).
+    tiles are visited by every Q tile; extra-token query rows run dense; prefix and suffix
+    count as one segment of ``extra_prefix + extra_suffix`` tokens).
 
     Speedups compare with a dense kernel of the same tile sizes on the *unpadded* sequence
     (``dense_baseline_tiles``), not with ``dense_tiles``: otherwise padding would inflate

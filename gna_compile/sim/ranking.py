@@ -43,6 +43,10 @@ def windows_for_sparsity(shape, sparsity: float, dilation=1, causal=False, tiles
     make_spec(shape, 2, 1, dil, cau)  # validates dilation against the grid
     target = 1.0 - sparsity
     per_dim = [list(range(2, n // d + 1)) for n, d in zip(shape, dil)]
+    for i, ws in enumerate(per_dim):
+        if not ws:
+            raise ValueError(f"shape[{i}]={shape[i]} with dilation[{i}]={dil[i]} admits no window "
+                             f"(window must be >= 2 and <= shape // dilation)")
     step = 1
     while math.prod(len(ws) for ws in per_dim) > _MAX_WINDOW_COMBOS:  # coarsen huge grids
         step *= 2
@@ -159,7 +163,8 @@ def search(shape, window=None, sparsity=None, strides=None, tiles=None, dilation
                        stride, win, q, kv)
                 cands.append((key, win, stride, q, kv, stats))
     if not cands and not require_block_sparse:
-        raise ValueError(f"no valid configuration: every stride in strides={strides!r} exceeds the windows {windows}")
+        raise ValueError(f"no valid configuration: every stride in strides={strides} exceeds "
+                         f"the window(s) {windows} (rule: 1 <= stride <= window)")
     cands.sort(key=lambda x: x[0])
     if top is not None:
         cands = cands[:top]
