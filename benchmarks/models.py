@@ -1,0 +1,162 @@
+"""End-to-end transformer benchmark: dense vs GNA on FLUX, HunyuanVideo and Cosmos.
+
+    python benchmarks/models.py --model flux            # full published config, GPU, bf16
+    python benchmarks/models.py --model cosmos --size small --device cpu   # smoke test
+
+One run measures, for one transformer forward (random weights, no hub access):
+eager dense (SDPA picks cuDNN), torch.compile default (Inductor, dense), backend="gna" with the
+paper's config and permutation hoisting, the same without hoisting, and the GNA model inside
+``dense_attention()`` (the dense steps of the hybrid schedule). Per variant: median ms, speedup
+over the best dense variant, share of GPU time in attention and in token permutation (from the
+profiler), compile time and peak memory. Then the sampling-loop estimate with the paper's hybrid
+schedule from the measured per-step times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import gna_compile  # noqa: E402
+from gna_compile.zoo import CASES, build_model, make_inputs, paper_policy  # noqa: E402
+
+ATTN_KERNELS = ("fmha", "flash", "attention", "attn", "_gna_", "sdpa", "cudnn")
+PERM_KERNELS = ("permute_tokens", "_permute", "unpermute")
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_ms(fn, dev, reps):
+    times = []
+    for _ in range(reps):
+        if dev.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _kernel_shares(fn, dev):
+    """Fractions of device time in attention and permutation kernels over one call."""
+    if dev.type != "cuda":
+        return None, None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    total = attn = perm = 0.0
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+        if e.device_type != torch.autograd.DeviceType.CUDA and not t:
+            continue
+        name = e.key.lower()
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            total += t
+            if any(k in name for k in PERM_KERNELS):
+                perm += t
+            elif any(k in name for k in ATTN_KERNELS):
+                attn += t
+    return (attn / total if total else None), (perm / total if total else None)
+
+
+def _variants(args, model):
+    policy = paper_policy(args.model, args.size)
+    yield "eager dense (SDPA)", model, None
+    yield "compile default (dense)", torch.compile(model), None
+    yield "gna", torch.compile(model, backend=gna_compile.backend(policy=policy, hoist_permutations=True)), None
+    yield "gna, no hoisting", torch.compile(model, backend=gna_compile.backend(policy=policy, hoist_permutations=False)), None
+    yield "gna in dense_attention()", "gna", gna_compile.dense_attention
+
+
+def run(args) -> dict:
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model = build_model(args.model, args.size, dev, dtype, checkpoint=args.checkpoint)
+    inputs = make_inputs(args.model, model, args.size)
+    print(f"# {CASES[args.model].name} ({args.size}), {dtype}, device: "
+          f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}",
+          flush=True)
+    rows, compiled = [], {}
+    with torch.inference_mode():
+        for name, fn, ctx in _variants(args, model):
+            if isinstance(fn, str):
+                fn = compiled[fn]
+            compiled[name] = fn
+            ctx = ctx() if ctx else contextlib.nullcontext()
+            with ctx:
+                call = lambda: fn(**inputs)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                call()
+                _sync(dev)
+                first = time.perf_counter() - t0
+                ms = _time_ms(call, dev, args.reps)
+                attn, perm = _kernel_shares(call, dev)
+                peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+            rows.append(dict(variant=name, ms=ms, compile_s=max(0.0, first - ms / 1e3),
+                             attn_share=attn, perm_share=perm, peak_gib=peak))
+            print(f"  {name}: {ms:.1f} ms", flush=True)
+    return dict(model=args.model, size=args.size, rows=rows)
+
+
+def report(res) -> str:
+    rows = res["rows"]
+    dense = min(r["ms"] for r in rows if "dense" in r["variant"] and "gna" not in r["variant"])
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+    out = [f"{'variant':<26} {'ms':>10} {'vs best dense':>13} {'attention':>9} {'permute':>8} "
+           f"{'compile s':>9} {'peak GiB':>8}"]
+    for r in rows:
+        out.append(f"{r['variant']:<26} {r['ms']:>10.1f} {dense / r['ms']:>12.2f}x {pct(r['attn_share']):>9} "
+                   f"{pct(r['perm_share']):>8} {r['compile_s']:>9.1f} "
+                   f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>8}")
+    by = {r["variant"]: r["ms"] for r in rows}
+    steps, dense_steps = CASES[res["model"]].paper_schedule
+    if "gna" in by and "gna in dense_attention()" in by:
+        hybrid = dense_steps * by["gna in dense_attention()"] + (steps - dense_steps) * by["gna"]
+        out.append(f"\nsampling loop, {steps} steps, first {dense_steps} dense (hybrid schedule): "
+                   f"{steps * dense / 1e3:.1f} s dense -> {hybrid / 1e3:.1f} s GNA hybrid = "
+                   f"{steps * dense / hybrid:.2f}x (transformer only, from the per-step times above)")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=sorted(CASES), required=True)
+    p.add_argument("--size", choices=["full", "small"], default="full")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--checkpoint", default=None, help="local diffusers checkpoint dir (default: random weights)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args(argv)
+    res = run(args)
+    print(report(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
