@@ -80,3 +80,32 @@ def graph_code(gm) -> str:
         line = re.sub(r";\s+[\w\s=]+ = None$", "", line)
         out.append(line.replace("    ", "", 1) if line.startswith("    ") else line)
     return "\n".join(out)
+
+
+class reference_sdpa:
+    """Patch ``F.scaled_dot_product_attention`` for eager runs: calls for which ``plan(q, k)``
+    returns GNA kwargs (shape, window, ..., extra_prefix/suffix) run the reference GNA op with
+    the call's own key mask; all others run the original SDPA. ``plan`` is written by the test
+    from what it knows about the model, independently of the compiler's layout inference."""
+
+    def __init__(self, plan):
+        self.plan, self.calls = plan, 0
+
+    def __enter__(self):
+        import gna_compile
+        self.orig = F.scaled_dot_product_attention
+
+        def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+            kw = self.plan(q, k)
+            if kw is None:
+                return self.orig(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                 scale=scale, enable_gqa=enable_gqa)
+            self.calls += 1
+            return gna_compile.gna_attention(q, k, v, scale=scale, key_mask=attn_mask,
+                                             backend="reference", **kw)
+
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+        return self
+
+    def __exit__(self, *exc):
+        torch.nn.functional.scaled_dot_product_attention = self.orig
