@@ -3,9 +3,10 @@
 The GNA mask is a product over dims and a tile is a box, so every count factorizes: the KV
 tiles a Q tile visits are the product of per-dim tile intervals, and the grand totals are
 products of per-dim sums over Q-tile coordinates. Per dim we only evaluate
-:func:`gna_compile.mask.key_range` at the first/last query of each Q tile (per residue with
-dilation), because key ranges are monotone in the query coordinate within a residue class.
-Cost: O(sum_i n_i / q_tile_i) integer ops, with per-dim results cached for searches.
+:func:`gna_compile.mask.key_range` bounds at the first/last query of each Q tile (per residue
+with dilation), because key ranges are monotone in the query coordinate within a residue class.
+Cost: O(sum_i n_i) integer ops (one key range per coordinate, cached per dim config and
+shared by all tilings), with per-dim results cached for searches.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@lru_cache(maxsize=1 << 12)
+def _ranges(n: int, w: int, s: int, d: int, causal: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Key-range bounds (lo, hi) of every query of one dim, shared by all tilings."""
+    lo, hi = zip(*(key_range(q, n, w, s, d, causal) for q in range(n)))
+    return lo, hi
+
+
 @lru_cache(maxsize=1 << 16)
 def dim_stats(n: int, w: int, s: int, d: int, causal: bool, tq: int, tk: int) -> DimStats:
     """Per-dim tile counts (arguments already validated).
@@ -44,21 +52,18 @@ def dim_stats(n: int, w: int, s: int, d: int, causal: bool, tq: int, tk: int) ->
     [min lo, max hi] over its queries; a visit is full when the KV tile lies inside every
     query's window, has no padding, and (dilation) every key has each query's residue.
     """
+    lo, hi = _ranges(n, w, s, d, causal)
     visited = full = 0
     for q0 in range(0, n, tq):
         q1 = min(q0 + tq, n) - 1
         if d == 1:
-            lo_first, hi_first = key_range(q0, n, w, s, d, causal)
-            lo_last, hi_last = key_range(q1, n, w, s, d, causal)
-            lo_min, hi_max, lo_max, hi_min = lo_first, hi_last, lo_last, hi_first
+            lo_min, hi_max, lo_max, hi_min = lo[q0], hi[q1], lo[q1], hi[q0]
         else:
             # Monotone within a residue class: check the first and last query of each residue.
-            lo_min, hi_max = n, -1
-            for q in range(q0, min(q0 + d, q1 + 1)):
-                q_last = q + (q1 - q) // d * d
-                lo_min = min(lo_min, key_range(q, n, w, s, d, causal)[0])
-                hi_max = max(hi_max, key_range(q_last, n, w, s, d, causal)[1])
-            lo_max, hi_min = key_range(q0, n, w, s, d, causal)  # only used when q0 == q1
+            last = range(q0, min(q0 + d, q1 + 1))
+            lo_min = min(lo[q] for q in last)
+            hi_max = max(hi[q + (q1 - q) // d * d] for q in last)
+            lo_max, hi_min = lo[q0], hi[q0]  # only used when q0 == q1
         visited += hi_max // tk - lo_min // tk + 1
         if d == 1:
             # KV tiles [m*tk, m*tk+tk-1] inside [lo_max, hi_min] (hi_min <= n-1: no padding).
@@ -72,11 +77,8 @@ def dim_stats(n: int, w: int, s: int, d: int, causal: bool, tq: int, tk: int) ->
 @lru_cache(maxsize=1 << 14)
 def dim_pairs(n: int, w: int, s: int, d: int, causal: bool) -> int:
     """Attended (query, key) pairs of one dim (n*w when non-causal)."""
-    total = 0
-    for q in range(n):
-        lo, hi = key_range(q, n, w, s, d, causal)
-        total += (hi - lo) // d + 1
-    return total
+    lo, hi = _ranges(n, w, s, d, causal)
+    return sum((h - l) // d for l, h in zip(lo, hi)) + n
 
 
 def _fmt(t) -> str:

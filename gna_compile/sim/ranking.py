@@ -9,6 +9,7 @@ visits and no more full visits than another stride): the cost
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 
@@ -53,18 +54,34 @@ def windows_for_sparsity(shape, sparsity: float, dilation=1, causal=False, tiles
         per_dim = [[w for w in range(2, n // d + 1) if w % step == 0 or w == n // d]
                    for n, d in zip(shape, dil)]
     dens = [{w: _dim_density(n, w, d, c) for w in ws} for ws, n, d, c in zip(per_dim, shape, dil, cau)]
-    scored = []
-    for ws in itertools.product(*per_dim):
-        rho = math.prod(dd[w] for dd, w in zip(dens, ws))
-        err = abs(rho / target - 1.0)
-        scored.append((err + 0.05 * math.log(max(ws) / min(ws)), abs((1.0 - rho) - sparsity), ws))
-    scored.sort()
-    ok = [x for x in scored if x[1] <= tolerance + 1e-12] or scored[:overall + per_tile]
+
+    def score(ws, rho):
+        return (abs(rho / target - 1.0) + 0.05 * math.log(max(ws) / min(ws)),
+                abs((1.0 - rho) - sparsity), ws)
+
+    # Leading dims enumerated, last dim by bisection on its sorted densities.
+    last = sorted((dd, w) for w, dd in dens[-1].items())
+    last_d = [x[0] for x in last]
+    lo_t, hi_t = target - tolerance - 1e-12, target + tolerance + 1e-12
+    ok = []
+    for lead in itertools.product(*per_dim[:-1]):
+        r = math.prod(dd[w] for dd, w in zip(dens, lead))
+        for dl, w in last[bisect.bisect_left(last_d, lo_t / r):bisect.bisect_right(last_d, hi_t / r)]:
+            ws = lead + (w,)
+            ok.append(score(ws, r * dl))
+    if not ok:  # nothing within tolerance: the closest windows
+        ok = [score(ws, math.prod(dd[w] for dd, w in zip(dens, ws))) for ws in itertools.product(*per_dim)]
+        ok = sorted(ok, key=lambda x: x[1])[:overall + per_tile]
+    ok.sort()
     chosen = {ws for _, _, ws in ok[:overall]}
-    for _, kv in tiles:
-        aligned = [ws for _, _, ws in ok
-                   if all(w % t == 0 or w == n // d for w, t, n, d in zip(ws, kv, shape, dil))]
-        chosen.update(aligned[:per_tile])
+    for kv in {tuple(kv) for _, kv in tiles}:
+        found = 0
+        for _, _, ws in ok:
+            if all(w % t == 0 or w == n // d for w, t, n, d in zip(ws, kv, shape, dil)):
+                chosen.add(ws)
+                found += 1
+                if found == per_tile:
+                    break
     return sorted(chosen)
 
 
