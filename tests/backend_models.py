@@ -95,7 +95,9 @@ class reference_sdpa:
         import gna_compile
         self.orig = F.scaled_dot_product_attention
 
-        def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False):
+            q, k, v = query, key, value
             kw = self.plan(q, k)
             if kw is None:
                 return self.orig(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
