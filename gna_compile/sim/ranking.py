@@ -154,7 +154,7 @@ def search(shape, window=None, sparsity=None, strides=None, tiles=None, dilation
     for q, kv in tiles:
         tq_tok, tk_tok = math.prod(q), math.prod(kv)
         e_q, e_kv = -(-extras // tq_tok), -(-extras // tk_tok)
-        n_tok, total = math.prod(shape), math.prod(shape) + extras
+        total = math.prod(shape) + extras
         dense_x = -(-total // tq_tok) * -(-total // tk_tok)
         for win in windows:
             if auto:
