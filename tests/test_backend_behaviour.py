@@ -223,3 +223,35 @@ def test_inductor_end_to_end_video_dit():
         want = m(*args)
     assert ref.calls == 2
     torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_dynamic_grid_smaller_than_window_recompiles_dense():
+    torch.manual_seed(0)
+    m = ViT().eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA(4)), inner="eager")
+    f = torch.compile(m, backend=be, dynamic=True)
+    with torch.no_grad():
+        f(torch.randn(1, 3, 16, 24))
+        f(torch.randn(1, 3, 12, 20))   # grid 6x10: same graph (guard size >= 4 holds)
+        assert len(be.graphs) == 1 and be.records[0].rewritten
+        small = torch.randn(1, 3, 6, 16)  # grid 3x8: window 4 does not fit
+        out = f(small)
+    assert len(be.graphs) == 2
+    last = be.records[-1]
+    assert not last.rewritten and "does not fit grid" in last.reason
+    torch.testing.assert_close(out, m(small), atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_auto_specializes_grid():
+    torch.manual_seed(0)
+    m = ViT().eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(min_speedup=1.0), inner="eager")
+    f = torch.compile(m, backend=be, dynamic=True)
+    with torch.no_grad():
+        for hw in ((64, 64), (48, 64), (64, 64)):
+            f(torch.randn(1, 3, *hw))
+    assert [r.grid for r in be.records] == [(32, 32), (24, 32)]
+    assert all(r.rewritten for r in be.records)
+    assert "size(" not in be.graphs[0].code  # sizes fixed (and guarded)

@@ -14,7 +14,7 @@ from .find_sdpa import SdpaCall, find_sdpa
 from .keymask import key_mask_problem, keys_unmasked
 from .layout import Axis, LayoutTracer, Segment, format_layout, same_layout
 from .record import CallRecord
-from .symbolic import find_shape_env, hint, same, shape_of
+from .symbolic import example_value, find_shape_env, hint, same, shape_of
 
 __all__ = ["analyze"]
 
@@ -77,6 +77,13 @@ def _analyze_call(c: SdpaCall, policy, tracer, env) -> CallRecord:
     if layout is None:
         return rec
     gi = next(i for i, s in enumerate(layout) if s.grid)
+    if policy.action_for(rec.module)[0] == "auto":
+        # The simulator's choice depends on the sizes: fix them (Dynamo guards on it, so
+        # another size recompiles and is decided afresh).
+        layout = _specialize(layout)
+        if layout is None:
+            rec.reason = "symbolic token count with no source dim to read it from"
+            return rec
     axes = [a for a in layout[gi].axes if not same(a.size, 1)]
     grid = tuple(hint(a.size, env) for a in axes)
     if not 1 <= len(axes) <= 3 or any(g is None for g in grid):
@@ -94,8 +101,47 @@ def _analyze_call(c: SdpaCall, policy, tracer, env) -> CallRecord:
         rec.key_mask = "keys" if spatial else "keys (extra tokens only)"
 
     decide(rec, policy, grid, prefix, suffix)
+    if rec.rewritten and not _guard_window(axes, rec):
+        rec.decision, rec.reason = "dense", "symbolic grid size with no source dim to guard on"
     rec.plan.update(axes=axes, pre=pre_segs, suf=suf_segs, scale=scale, spatial=spatial)
     return rec
+
+
+def _symint(axis):
+    if axis.origin is None:
+        return None
+    node, dim = axis.origin
+    return example_value(node).shape[dim]
+
+
+def _specialize(layout):
+    """The layout with every symbolic size fixed to its example value (guarded), or None."""
+    out = []
+    for seg in layout:
+        axes = []
+        for a in seg.axes:
+            if not a.size.is_Integer:
+                v = _symint(a)
+                if v is None:
+                    return None
+                a = Axis(sympy.Integer(int(v)), a.origin)  # int() installs the guard
+            axes.append(a)
+        out.append(Segment(tuple(axes), seg.grid))
+    return tuple(out)
+
+
+def _guard_window(axes, rec) -> bool:
+    """A fixed window on a symbolic grid: guard ``size >= dilation * window`` per dim, so a
+    smaller input recompiles (and is refused with a reason) instead of failing in the op."""
+    for a, w, d in zip(axes, rec.window, rec.dilation):
+        if a.size.is_Integer:
+            continue
+        v = _symint(a)
+        if v is None:
+            return False
+        if not bool(v >= w * d):  # bool() installs the guard
+            return False
+    return True
 
 
 def _resolve_grid(rec, layout, policy, env):
@@ -125,6 +171,10 @@ def _resolve_grid(rec, layout, policy, env):
                       f"segments {sizes} (needs exactly one)")
         return None
     i, shape = matches[0]
+    if not layout[i].size.is_Integer:  # the policy's grid is fixed: so must this size be
+        if _specialize(layout[i:i + 1]) is None:
+            rec.reason = "symbolic token count with no source dim to read it from"
+            return None
     grid = Segment(tuple(Axis(sympy.Integer(n), None) for n in shape), True)
     rec.layout += f" -> policy grid {tuple(shape)}"
     return layout[:i] + (grid,) + layout[i + 1:]
