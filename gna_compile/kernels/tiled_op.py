@@ -90,12 +90,21 @@ for _op, _inverse in ((permute_op, False), (unpermute_op, True)):
     _op.register_autograd(_bwd, setup_context=_setup)
 
 
-def _fast_tiled():
+def _fast_tiled(q, k, v, spec, tile, extra_prefix, extra_suffix, scale, km):
+    """The Triton kernel on tiled-order tensors, or None where it does not support the call."""
     try:
-        from . import triton_backend
+        from .triton_backend import why_not
+        from .triton_gna import gna_attention_permuted, kv_tiles_for
     except ImportError:
         return None
-    return getattr(triton_backend, "run_tiled", None)
+    if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km) is not None:
+        return None
+    if math.prod(tile) not in (64, 128) or any(t & (t - 1) for t in tile):
+        return None  # the kernel's Q tiles are 64/128-token power-of-two boxes
+    kv_tile = kv_tiles_for(tile, 128) or kv_tiles_for(tile, 64)
+    if kv_tile is None:
+        return None
+    return gna_attention_permuted(q, k, v, spec, tile, kv_tile, extra_prefix, extra_suffix, scale, km)[0]
 
 
 @torch.library.custom_op("gna_compile::gna_attention_tiled", mutates_args=())
@@ -106,11 +115,10 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
     """GNA on tiled-order q/k/v (layout tile ``tile``); ``key_mask`` stays in natural order."""
     spec = make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
     km = None if key_mask is None else KeyMask(key_mask, key_mask_spatial)
-    run = _fast_tiled() if (q.is_cuda and backend in ("auto", "triton")) else None
-    if run is not None and not dense_mode():
-        out = run(q, k, v, spec, tuple(tile), extra_prefix, extra_suffix, scale, km)
+    if q.is_cuda and backend in ("auto", "triton") and not dense_mode():
+        out = _fast_tiled(q, k, v, spec, tuple(tile), extra_prefix, extra_suffix, scale, km)
         if out is not None:  # None: the kernel does not support this call
-            return out
+            return out.contiguous()
     # Fallback: back to natural order, reference (or dense SDPA in hybrid mode), tiled again.
     args = (tuple(shape), tuple(tile), extra_prefix, extra_suffix)
     qn, kn, vn = (unpermute_tokens(t, *args) for t in (q, k, v))
