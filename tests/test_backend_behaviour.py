@@ -255,3 +255,23 @@ def test_dynamic_auto_specializes_grid():
     assert [r.grid for r in be.records] == [(32, 32), (24, 32)]
     assert all(r.rewritten for r in be.records)
     assert "size(" not in be.graphs[0].code  # sizes fixed (and guarded)
+
+
+def test_grid_from_token_sequence_is_not_proof():
+    class Rows(nn.Module):  # reshapes a 1-D token sequence into rows: index grid, not an image
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(16, 48)
+
+        def forward(self, tokens):
+            B, N, C = tokens.shape
+            x = (tokens.view(B, 4, N // 4, C) * 2).reshape(B, N, C)
+            q, k, v = (heads(z, 2) for z in self.qkv(x).chunk(3, dim=-1))
+            return F.scaled_dot_product_attention(q, k, v)
+
+    be, _ = run(Rows(), torch.randn(1, 32, 16), policy=Policy(default=GNA(2)))
+    rec = be.records[0]
+    assert not rec.rewritten and rec.reason.startswith("layout not provable")
+    assert "rank-3 graph input" in rec.reason
+    be, _ = run(Rows(), torch.randn(1, 32, 16), policy=Policy(default=GNA(2), layout=(4, 8)))
+    assert be.records[0].rewritten and be.records[0].grid == (4, 8)

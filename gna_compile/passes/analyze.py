@@ -14,6 +14,7 @@ from .find_sdpa import SdpaCall, find_sdpa
 from .keymask import key_mask_problem, keys_unmasked
 from .layout import Axis, LayoutTracer, Segment, format_layout, same_layout
 from .record import CallRecord
+from .spatial import axis_problem
 from .symbolic import example_value, find_shape_env, hint, same, shape_of
 
 __all__ = ["analyze"]
@@ -73,7 +74,7 @@ def _analyze_call(c: SdpaCall, policy, tracer, env) -> CallRecord:
         rec.layout = f"q: {format_layout(lq)}"
         return rec
     rec.layout = format_layout(lq)
-    layout = _resolve_grid(rec, lq, policy, env)
+    layout = _resolve_grid(rec, _check_spatial(rec, lq, tracer, env), policy, env)
     if layout is None:
         return rec
     gi = next(i for i, s in enumerate(layout) if s.grid)
@@ -144,6 +145,19 @@ def _guard_window(axes, rec) -> bool:
     return True
 
 
+def _check_spatial(rec, layout, tracer, env):
+    """Grid segments whose axes are not provably image/video dims become opaque tokens."""
+    out = []
+    for seg in layout:
+        problem = next((p for p in (axis_problem(tracer, a, env) for a in seg.axes) if p), None) \
+            if seg.grid else None
+        if problem:
+            rec.plan["not_spatial"] = problem
+            seg = Segment((Axis(seg.size, None),), False)
+        out.append(seg)
+    return tuple(out)
+
+
 def _resolve_grid(rec, layout, policy, env):
     """Return a layout with exactly one grid segment (from the graph or the policy), or None."""
     grids = [s for s in layout if s.grid]
@@ -153,7 +167,8 @@ def _resolve_grid(rec, layout, policy, env):
     if grids:
         return layout
     if policy.layout is None:
-        rec.reason = "layout not provable (no grid in the graph); give Policy(layout=...)"
+        why = rec.plan.get("not_spatial") or "no grid in the graph"
+        rec.reason = f"layout not provable ({why}); give Policy(layout=...)"
         return None
     matches = []
     for i, seg in enumerate(layout):
