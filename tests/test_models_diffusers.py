@@ -125,3 +125,19 @@ def test_hunyuan_text_mask_only_masks_text_keys():
     kwargs["encoder_attention_mask"] = kwargs["encoder_attention_mask"].long()
     be, _ = compile_run(m.eval(), kwargs, Policy(default=GNA(2)))
     assert [r.key_mask for r in be.rewritten] == ["keys"] * n_visual
+
+
+def test_hunyuan_through_inductor():
+    """End to end with Inductor compiling everything around the opaque GNA op."""
+    torch.manual_seed(0)
+    m, kwargs, grid, extras, n_visual, pkw = hunyuan()
+    m = m.eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA((2, 2, 2), (1, 2, 2))))
+    with torch.no_grad():
+        out = torch.compile(m, backend=be, fullgraph=True)(**kwargs)[0]
+    assert len(be.rewritten) == n_visual
+    with reference_sdpa(plan_for(grid, extras, (2, 2, 2), (1, 2, 2))) as ref, torch.no_grad():
+        want = m(**kwargs)[0]
+    assert ref.calls == n_visual
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
