@@ -140,9 +140,11 @@ def run_case(name, cfg, check, flex_ok, log):
             flex_fn = None
 
     t0 = time.time()
+    n_log = len(triton_gna._TUNE_LOG)
     ours_nat()
     ours_perm()
     res["compile_s"] = time.time() - t0
+    res["tune"] = [(list(c), round(t, 3)) for c, t in triton_gna._TUNE_LOG[n_log:]]
     if check:
         hs = slice(0, 2)
         ref_o, ref_l = reference_attention(q[:, hs].float(), k[:, hs].float(), v[:, hs].float(), spec, P, 0, scale)

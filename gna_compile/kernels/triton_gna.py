@@ -31,7 +31,7 @@ __all__ = ["gna_forward", "gna_attention_permuted", "choose_tiles", "tile_stats"
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
-NEG_INF = float("-inf")
+NEG_INF = tl.constexpr(float("-inf"))
 
 
 # ----------------------------------------------------------------------------- device code
@@ -115,63 +115,33 @@ def _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P,
 
 @triton.jit
 def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale, mask,
-          MASKED: tl.constexpr, LOAD_MASK: tl.constexpr):
-    """One KV tile of online softmax (base 2). ``mask`` [BM, BN] only when MASKED;
-    ``LOAD_MASK`` masks the K/V loads with mask's key part (``kv_ok``) - passed via mask."""
-    if LOAD_MASK:
+          MASKED: tl.constexpr):
+    """One KV tile of online softmax in base 2. MASKED: ``mask`` [BM, BN] (or [1, BN]) hides
+    scores, and rows < 0 in ``kv_rows`` are not loaded (keys outside the tensor/grid)."""
+    if MASKED:
         kv_ok = kv_rows >= 0
         k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
     else:
         k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :])
-    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    qk = tl.dot(q, tl.trans(k))
     if MASKED:
-        qk = tl.where(mask, qk, NEG_INF)
+        qk = tl.where(mask, qk * qk_scale, NEG_INF)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_use = tl.where(m_new == NEG_INF, 0.0, m_new)
+        p = tl.exp2(qk - m_use[:, None])
     else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = m_new
-    p = tl.exp2(qk - m_use[:, None])
+        p = tl.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if LOAD_MASK:
+    if MASKED:
         v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
     else:
         v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :])
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc)
     return acc, l_i, m_new
-
-
-@triton.jit
-def _extras(acc, l_i, m_i, q, k_base, v_base, km_base, skn, svn, offs_d, offs_n, qk_scale,
-            P, S, NG, BN: tl.constexpr, HAS_KM: tl.constexpr):
-    """Walk the prefix and suffix extra keys densely (tail masked, key mask applied)."""
-    npre = (P + BN - 1) // BN
-    nsuf = (S + BN - 1) // BN
-    for j in range(0, npre + nsuf):
-        is_pre = j < npre
-        start = tl.where(is_pre, j * BN, P + NG + (j - npre) * BN)
-        end = tl.where(is_pre, P, P + NG + S)
-        rows = start + offs_n
-        ok = rows < end
-        if HAS_KM:
-            ok = ok & (tl.load(km_base + rows, mask=ok, other=0) != 0)
-        rows = tl.where(ok, rows, -1)
-        acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                              ok[None, :], True, True)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _grid_key_ok(rows_local, n0, n1, n2, NT1, NT2,
-                 TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr, BM: tl.constexpr):
-    """Tiled layout: is grid position ``rows_local`` (0-based in the padded grid) a real token?"""
-    t = rows_local // BM
-    loc = rows_local % BM
-    c0 = (t // (NT1 * NT2)) * TQ0 + loc // (TQ1 * TQ2)
-    c1 = ((t // NT2) % NT1) * TQ1 + (loc // TQ2) % TQ1
-    c2 = (t % NT2) * TQ2 + loc % TQ2
-    return (c0 < n0) & (c1 < n1) & (c2 < n2)
 
 
 @triton.jit
@@ -183,8 +153,11 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
              TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
              C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
-             NAT: tl.constexpr, HAS_PAD: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
-             HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr):
+             NAT: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
+             HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr):
+    """Grid queries: the Q tile's GNA box; extra queries (first programs): the whole grid as
+    the box with whole-grid windows. Then two loops: full KV tiles (no mask), and partial
+    KV tiles followed by the extra-token KV tiles (masked)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -199,149 +172,170 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
     offs_d = tl.arange(0, D)
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
-    acc = tl.zeros([BM, D], dtype=tl.float32)
-    l_i = tl.zeros([BM], dtype=tl.float32)
-    m_i = tl.full([BM], NEG_INF, dtype=tl.float32)
 
-    if HAS_EXTRA_Q:
-        is_extra = pid < n_extra_tiles
+    qt = tl.maximum(pid - n_extra_tiles, 0)
+    qt2 = qt % NT2
+    qt1 = (qt // NT2) % NT1
+    qt0 = qt // (NT1 * NT2)
+    cl0, ch0, fl0, fh0 = _dim_ranges(qt0, n0, w0, s0, d0, TQ0, TK0, C0, DIL)
+    cl1, ch1, fl1, fh1 = _dim_ranges(qt1, n1, w1, s1, d1, TQ1, TK1, C1, DIL)
+    cl2, ch2, fl2, fh2 = _dim_ranges(qt2, n2, w2, s2, d2, TQ2, TK2, C2, DIL)
+    # Query coordinates (clamped into the grid, so padded rows behave like a real query).
+    a0 = qt0 * TQ0 + offs_m // (TQ1 * TQ2)
+    a1 = qt1 * TQ1 + (offs_m // TQ2) % TQ1
+    a2 = qt2 * TQ2 + offs_m % TQ2
+    if NAT:
+        q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
     else:
-        is_extra = False
-    if is_extra:
-        # ---- extra-token queries: dense over every key.
+        q_ok = offs_m >= 0
+    a0 = tl.minimum(a0, n0 - 1)
+    a1 = tl.minimum(a1, n1 - 1)
+    a2 = tl.minimum(a2, n2 - 1)
+    if NAT:
+        q_rows = P + (a0 * n1 + a1) * n2 + a2
+    else:
+        q_rows = P + qt * BM + offs_m
+    # Query-side window bounds per dim: key k is in iff 0 <= k - lo <= wd.
+    lo0, hi0 = _krange(a0, n0, w0, s0, d0, C0, DIL)
+    lo1, hi1 = _krange(a1, n1, w1, s1, d1, C1, DIL)
+    lo2, hi2 = _krange(a2, n2, w2, s2, d2, C2, DIL)
+    wd0 = hi0 - lo0
+    wd1 = hi1 - lo1
+    wd2 = hi2 - lo2
+    if HAS_EXTRA_Q:
+        # Extra-token queries: box = every KV tile, full = tiles without padding, no window.
+        dense = pid < n_extra_tiles
         npre = (P + BM - 1) // BM
         is_pre = pid < npre
         start = tl.where(is_pre, pid * BM, P + NG + (pid - npre) * BM)
         end = tl.where(is_pre, P, P + NG + S)
-        q_rows = start + offs_m
-        q_ok = q_rows < end
-        q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-        for j in range(0, (NG + BN - 1) // BN):
-            rows = P + j * BN + offs_n
-            ok = rows < P + NG
-            if HAS_PAD:
-                ok = ok & _grid_key_ok(j * BN + offs_n, n0, n1, n2, NT1, NT2, TQ0, TQ1, TQ2, BM)
-            if HAS_KM:
-                ok = ok & (tl.load(km_base + rows, mask=ok, other=0) != 0)
-            rows = tl.where(ok, rows, -1)
-            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  ok[None, :], True, True)
-        if HAS_EXTRA_KV:
-            acc, l_i, m_i = _extras(acc, l_i, m_i, q, k_base, v_base, km_base, skn, svn, offs_d,
-                                    offs_n, qk_scale, P, S, NG, BN, HAS_KM)
-        st_rows = q_rows
-        st_ok = q_ok
+        q_rows = tl.where(dense, start + offs_m, q_rows)
+        q_ok = tl.where(dense, (start + offs_m) < end, q_ok)
+        cl0 = tl.where(dense, 0, cl0)
+        cl1 = tl.where(dense, 0, cl1)
+        cl2 = tl.where(dense, 0, cl2)
+        ch0 = tl.where(dense, (n0 + TK0 - 1) // TK0 - 1, ch0)
+        ch1 = tl.where(dense, (n1 + TK1 - 1) // TK1 - 1, ch1)
+        ch2 = tl.where(dense, (n2 + TK2 - 1) // TK2 - 1, ch2)
+        fl0 = tl.where(dense, 0, fl0)
+        fl1 = tl.where(dense, 0, fl1)
+        fl2 = tl.where(dense, 0, fl2)
+        dense_empty = (n0 < TK0) | (n1 < TK1) | (n2 < TK2)
+        fh0 = tl.where(dense, tl.where(dense_empty, -1, n0 // TK0 - 1), fh0)
+        fh1 = tl.where(dense, tl.where(dense_empty, -1, n1 // TK1 - 1), fh1)
+        fh2 = tl.where(dense, tl.where(dense_empty, -1, n2 // TK2 - 1), fh2)
+        lo0 = tl.where(dense, 0, lo0)
+        lo1 = tl.where(dense, 0, lo1)
+        lo2 = tl.where(dense, 0, lo2)
+        wd0 = tl.where(dense, n0 - 1, wd0)
+        wd1 = tl.where(dense, n1 - 1, wd1)
+        wd2 = tl.where(dense, n2 - 1, wd2)
     else:
-        # ---- grid queries: GNA box of the Q tile, full tiles unmasked, then partial, then extras.
-        qt = pid - n_extra_tiles
-        qt2 = qt % NT2
-        qt1 = (qt // NT2) % NT1
-        qt0 = qt // (NT1 * NT2)
-        cl0, ch0, fl0, fh0 = _dim_ranges(qt0, n0, w0, s0, d0, TQ0, TK0, C0, DIL)
-        cl1, ch1, fl1, fh1 = _dim_ranges(qt1, n1, w1, s1, d1, TQ1, TK1, C1, DIL)
-        cl2, ch2, fl2, fh2 = _dim_ranges(qt2, n2, w2, s2, d2, TQ2, TK2, C2, DIL)
-        # Query coordinates (clamped into the grid, so padded rows behave like a real query).
-        a0 = qt0 * TQ0 + offs_m // (TQ1 * TQ2)
-        a1 = qt1 * TQ1 + (offs_m // TQ2) % TQ1
-        a2 = qt2 * TQ2 + offs_m % TQ2
-        q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
-        a0 = tl.minimum(a0, n0 - 1)
-        a1 = tl.minimum(a1, n1 - 1)
-        a2 = tl.minimum(a2, n2 - 1)
-        if NAT:
-            q_rows = P + (a0 * n1 + a1) * n2 + a2
-            q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
-        else:
-            q_rows = P + qt * BM + offs_m
-            q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :])
-        # Per-element offsets of a KV tile's rows relative to its first row (loop invariant).
-        e0 = offs_n // (TK1 * TK2)
-        e1 = (offs_n // TK2) % TK1
-        e2 = offs_n % TK2
-        if NAT:
-            kv_local = (e0 * n1 + e1) * n2 + e2
-        else:
-            kv_local = offs_n
+        dense = False
+    q = tl.load(q_base + q_rows[:, None] * sqn + offs_d[None, :], mask=q_ok[:, None], other=0.0)
 
-        # Full KV tiles: no mask of any kind.
-        ef0 = fh0 - fl0 + 1
-        ef1 = fh1 - fl1 + 1
-        ef2 = fh2 - fl2 + 1
-        ef1s = tl.maximum(ef1, 1)
-        ef2s = tl.maximum(ef2, 1)
-        for t in range(0, ef0 * ef1 * ef2):
-            c2 = fl2 + t % ef2s
-            c1 = fl1 + (t // ef2s) % ef1s
-            c0 = fl0 + t // (ef1s * ef2s)
-            rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
-            if KM_GRID:
-                kmok = tl.load(km_base + rows) != 0
-                acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                      kmok[None, :], True, False)
-            else:
-                acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                      None, False, False)
+    # Per-element offsets of a KV tile's rows relative to its first row (loop invariant).
+    e0 = offs_n // (TK1 * TK2)
+    e1 = (offs_n // TK2) % TK1
+    e2 = offs_n % TK2
+    if NAT:
+        kv_local = (e0 * n1 + e1) * n2 + e2
+    else:
+        kv_local = offs_n
+    acc = tl.zeros([BM, D], dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    m_i = tl.full([BM], NEG_INF, dtype=tl.float32)
 
-        # Partial KV tiles: box minus full box = A (dim0 outside F0) + B (F0 x dim1 outside F1)
-        # + C (F0 x F1 x dim2 outside F2); the split dim of each piece maps its index x to the
-        # low interval [c_lo, f_lo) then the high one (f_hi, c_hi].
-        ev0 = ch0 - cl0 + 1
-        ev1 = ch1 - cl1 + 1
-        ev2 = ch2 - cl2 + 1
-        nA = (ev0 - ef0) * ev1 * ev2
-        nB = ef0 * (ev1 - ef1) * ev2
-        nC = ef0 * ef1 * (ev2 - ef2)
-        # Query-side window bounds per dim (loop invariant): key k ok iff 0 <= k - lo <= hi - lo.
-        lo0, hi0 = _krange(a0, n0, w0, s0, d0, C0, DIL)
-        lo1, hi1 = _krange(a1, n1, w1, s1, d1, C1, DIL)
-        lo2, hi2 = _krange(a2, n2, w2, s2, d2, C2, DIL)
-        wd0 = hi0 - lo0
-        wd1 = hi1 - lo1
-        wd2 = hi2 - lo2
-        for t in range(0, nA + nB + nC):
-            inA = t < nA
-            inB = (t >= nA) & (t < nA + nB)
-            inAB = t < nA + nB
-            u = tl.where(inA, t, tl.where(inB, t - nA, t - nA - nB))
-            E1 = tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1))
-            E2 = tl.where(inAB, ev2, ev2 - ef2)
-            E1 = tl.maximum(E1, 1)
-            E2 = tl.maximum(E2, 1)
-            x2 = u % E2
-            x1 = (u // E2) % E1
-            x0 = u // (E2 * E1)
-            r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
-            r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
-            r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
-            c0 = tl.where(inA, r0, fl0 + x0)
-            c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
-            c2 = tl.where(inAB, cl2 + x2, r2)
-            k0 = c0 * TK0 + e0
-            k1 = c1 * TK1 + e1
-            k2 = c2 * TK2 + e2
-            kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
-            mask = ((k0[None, :] - lo0[:, None]).to(tl.uint32) <= wd0[:, None].to(tl.uint32)) \
-                & ((k1[None, :] - lo1[:, None]).to(tl.uint32) <= wd1[:, None].to(tl.uint32)) \
-                & ((k2[None, :] - lo2[:, None]).to(tl.uint32) <= wd2[:, None].to(tl.uint32))
-            if DIL:
-                mask = mask & ((k0[None, :] % d0) == (a0 % d0)[:, None]) \
-                    & ((k1[None, :] % d1) == (a1 % d1)[:, None]) \
-                    & ((k2[None, :] % d2) == (a2 % d2)[:, None])
-            rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
-            if KM_GRID:
-                kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
-            mask = mask & kin[None, :]
-            rows = tl.where(kin, rows, -1)
+    # ---- full KV tiles: no mask of any kind.
+    ef0 = fh0 - fl0 + 1
+    ef1 = fh1 - fl1 + 1
+    ef2 = fh2 - fl2 + 1
+    ef1s = tl.maximum(ef1, 1)
+    ef2s = tl.maximum(ef2, 1)
+    for t in tl.range(0, ef0 * ef1 * ef2, warp_specialize=WS):
+        c2 = fl2 + t % ef2s
+        c1 = fl1 + (t // ef2s) % ef1s
+        c0 = fl0 + t // (ef1s * ef2s)
+        rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
+        if KM_GRID:
+            kmok = tl.load(km_base + rows) != 0
+            rows = tl.where(kmok, rows, -1)
             acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  mask, True, True)
-        if HAS_EXTRA_KV:
-            acc, l_i, m_i = _extras(acc, l_i, m_i, q, k_base, v_base, km_base, skn, svn, offs_d,
-                                    offs_n, qk_scale, P, S, NG, BN, HAS_KM)
-        st_rows = q_rows
-        if NAT:
-            st_ok = q_ok
+                                  kmok[None, :], True)
         else:
-            st_ok = q_rows >= 0
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                  None, False)
+
+    # ---- partial KV tiles, then extra-token KV tiles. Box minus full box = A (dim0 outside
+    # F0) + B (F0 x dim1 outside F1) + C (F0 x F1 x dim2 outside F2); the split dim of a piece
+    # maps its index x to the low interval [c_lo, f_lo) then the high one (f_hi, c_hi].
+    ev0 = ch0 - cl0 + 1
+    ev1 = ch1 - cl1 + 1
+    ev2 = ch2 - cl2 + 1
+    nA = (ev0 - ef0) * ev1 * ev2
+    nB = ef0 * (ev1 - ef1) * ev2
+    nC = ef0 * ef1 * (ev2 - ef2)
+    n_part = nA + nB + nC
+    if HAS_EXTRA_KV:
+        n_xpre = (P + BN - 1) // BN
+        n_ext = n_xpre + (S + BN - 1) // BN
+    else:
+        n_ext = 0
+    for t in range(0, n_part + n_ext):
+        inA = t < nA
+        inB = (t >= nA) & (t < nA + nB)
+        inAB = t < nA + nB
+        u = tl.where(inA, t, tl.where(inB, t - nA, t - nA - nB))
+        E1 = tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1))
+        E2 = tl.where(inAB, ev2, ev2 - ef2)
+        E1 = tl.maximum(E1, 1)
+        E2 = tl.maximum(E2, 1)
+        x2 = u % E2
+        x1 = (u // E2) % E1
+        x0 = u // (E2 * E1)
+        r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
+        r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
+        r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
+        c0 = tl.where(inA, r0, fl0 + x0)
+        c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
+        c2 = tl.where(inAB, cl2 + x2, r2)
+        k0 = c0 * TK0 + e0
+        k1 = c1 * TK1 + e1
+        k2 = c2 * TK2 + e2
+        kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
+        mask = ((k0[None, :] - lo0[:, None]).to(tl.uint32) <= wd0[:, None].to(tl.uint32)) \
+            & ((k1[None, :] - lo1[:, None]).to(tl.uint32) <= wd1[:, None].to(tl.uint32)) \
+            & ((k2[None, :] - lo2[:, None]).to(tl.uint32) <= wd2[:, None].to(tl.uint32))
+        if DIL:
+            mask = mask & ((((k0[None, :] % d0) == (a0 % d0)[:, None])
+                            & ((k1[None, :] % d1) == (a1 % d1)[:, None])
+                            & ((k2[None, :] % d2) == (a2 % d2)[:, None])) | dense)
+        rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
+        if HAS_EXTRA_KV:
+            # Extra keys: prefix tiles, then suffix tiles, tails masked.
+            j = t - n_part
+            is_ext = j >= 0
+            is_pre = j < n_xpre
+            xs = tl.where(is_pre, j * BN, P + NG + (j - n_xpre) * BN)
+            xe = tl.where(is_pre, P, P + NG + S)
+            xrows = xs + offs_n
+            rows = tl.where(is_ext, xrows, rows)
+            kin = tl.where(is_ext, xrows < xe, kin)
+            mask = mask | is_ext
+            if HAS_KM:
+                if KM_GRID:
+                    kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+                else:
+                    km_ok = tl.load(km_base + rows, mask=kin, other=1) != 0
+                    kin = kin & tl.where(is_ext, km_ok, True)
+        elif KM_GRID:
+            kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+        mask = mask & kin[None, :]
+        rows = tl.where(kin, rows, -1)
+        acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                              mask, True)
+    st_rows = q_rows
+    st_ok = q_ok
 
     # ---- epilogue: normalise, natural-log LSE; rows that saw no key give 0 and -inf.
     seen = l_i > 0.0
@@ -511,7 +505,17 @@ def predicted_speedup(spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0):
 # ----------------------------------------------------------------------------- launch
 
 _CONFIG_CACHE: dict = {}
-_DEFAULT_CONFIGS = {128: [(8, 2), (8, 3), (4, 2)], 64: [(4, 2), (4, 3), (8, 2)]}
+_TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
+# (num_warps, num_stages, warp_specialize) tried per Q-tile size; WS only on the unmasked loop.
+_DEFAULT_CONFIGS = {128: [(8, 2, False), (8, 3, False), (4, 3, True), (8, 2, True)],
+                    64: [(4, 2, False), (4, 3, False), (8, 2, False)]}
+
+
+def _configs(BM):
+    env = os.environ.get("GNA_TRITON_CONFIGS")  # e.g. "8,3,0;4,3,1" for experiments
+    if env:
+        return [tuple(int(x) for x in c.split(",")) for c in env.split(";")]
+    return _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64]
 
 
 def _interpret() -> bool:
@@ -571,7 +575,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     grid = (n_extra_tiles + math.prod(nt), H, B)
     meta = dict(TQ0=tq3[0], TQ1=tq3[1], TQ2=tq3[2], TK0=tk3[0], TK1=tk3[1], TK2=tk3[2],
                 BM=BM, BN=BN, D=D, C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
-                NAT=bool(natural), HAS_PAD=(pshape != shape3) and not natural, KM_GRID=bool(key_mask is not None and key_mask_grid),
+                NAT=bool(natural), KM_GRID=bool(key_mask is not None and key_mask_grid),
                 HAS_KM=key_mask is not None, HAS_EXTRA_KV=(P + S) > 0, HAS_EXTRA_Q=(P + S) > 0)
     args = (q, k, v, out, lse, km,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -581,8 +585,8 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
             *shape3, *win3, *str3, *dil3, scale * LOG2E)
 
     def launch(cfg):
-        nw, ns = cfg
-        _gna_fwd[grid](*args, **meta, num_warps=nw, num_stages=ns)
+        nw, ns, ws = (tuple(cfg) + (False,))[:3]
+        _gna_fwd[grid](*args, **meta, WS=bool(ws), num_warps=nw, num_stages=ns)
 
     if config is None and not _interpret():
         key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
@@ -600,18 +604,20 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
 def _autotune(launch, BM, out):
     """Time the few launch configs that suit this tile size; the cache keeps the winner."""
     if os.environ.get("GNA_TRITON_AUTOTUNE", "1") == "0":
-        return _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64][0]
+        return _configs(BM)[0]
     from triton.testing import do_bench
-    best = None
-    for cfg in _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64]:
+    best, err = None, None
+    for cfg in _configs(BM):
         try:
-            t = do_bench(lambda: launch(cfg), warmup=5, rep=20, return_mode="median")
-        except Exception:  # e.g. out of shared memory for this config
+            t = do_bench(lambda: launch(cfg), warmup=5, rep=30, return_mode="median")
+            _TUNE_LOG.append((cfg, t))
+        except Exception as e:  # e.g. out of shared memory for this config
+            err = e
             continue
         if best is None or t < best[0]:
             best = (t, cfg)
     if best is None:
-        raise RuntimeError("no launch config of the GNA kernel compiled for this problem")
+        raise RuntimeError("no launch config of the GNA kernel compiled for this problem") from err
     return best[1]
 
 
