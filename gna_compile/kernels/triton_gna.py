@@ -115,10 +115,12 @@ def _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P,
 
 @triton.jit
 def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale, mask,
-          MASKED: tl.constexpr):
+          MASKED: tl.constexpr, desc_k, desc_v, row0, TMA: tl.constexpr):
     """One KV tile of online softmax in base 2. MASKED: ``mask`` [BM, BN] (or [1, BN]) hides
     scores, and rows < 0 in ``kv_rows`` are not loaded (keys outside the tensor/grid)."""
-    if MASKED:
+    if TMA:
+        k = desc_k.load([row0, 0])
+    elif MASKED:
         kv_ok = kv_rows >= 0
         k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
     else:
@@ -135,7 +137,9 @@ def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale,
         p = tl.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
+    if TMA:
+        v = desc_v.load([row0, 0])
+    elif MASKED:
         v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
     else:
         v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :])
@@ -145,7 +149,7 @@ def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale,
 
 
 @triton.jit
-def _gna_fwd(Q, K, V, O, LSE, KM,
+def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skmb,
              G, P, S, NG, NT1, NT2, n_extra_tiles,
              n0, n1, n2, w0, w1, w2, s0, s1, s2, d0, d1, d2, qk_scale,
@@ -154,7 +158,8 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
              BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
              C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
              NAT: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
-             HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr):
+             HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr,
+             TMA: tl.constexpr):
     """Grid queries: the Q tile's GNA box; extra queries (first programs): the whole grid as
     the box with whole-grid windows. Then two loops: full KV tiles (no mask), and partial
     KV tiles followed by the extra-token KV tiles (masked)."""
@@ -169,6 +174,8 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
     o_base = O + b64 * sob + h.to(tl.int64) * soh
     l_base = LSE + b64 * slb + h.to(tl.int64) * slh
     km_base = KM + b64 * skmb
+    # TMA (tiled layout, contiguous K/V): rows of this (batch, kv head) in the [B*Hkv*N, D] view.
+    head_row = (b * (tl.num_programs(1) // G) + kvh) * N_KV
     offs_d = tl.arange(0, D)
     offs_m = tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -256,15 +263,16 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
         c2 = fl2 + t % ef2s
         c1 = fl1 + (t // ef2s) % ef1s
         c0 = fl0 + t // (ef1s * ef2s)
-        rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
+        row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
+        rows = row0 + kv_local
         if KM_GRID:
             kmok = tl.load(km_base + rows) != 0
             rows = tl.where(kmok, rows, -1)
             acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  kmok[None, :], True)
+                                  kmok[None, :], True, desc_k, desc_v, head_row + row0, TMA)
         else:
             acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  None, False)
+                                  None, False, desc_k, desc_v, head_row + row0, TMA)
 
     # ---- partial KV tiles, then extra-token KV tiles. Box minus full box = A (dim0 outside
     # F0) + B (F0 x dim1 outside F1) + C (F0 x F1 x dim2 outside F2); the split dim of a piece
@@ -310,7 +318,8 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
             mask = mask & ((((k0[None, :] % d0) == (a0 % d0)[:, None])
                             & ((k1[None, :] % d1) == (a1 % d1)[:, None])
                             & ((k2[None, :] % d2) == (a2 % d2)[:, None])) | dense)
-        rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT) + kv_local
+        row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
+        rows = row0 + kv_local
         if HAS_EXTRA_KV:
             # Extra keys: prefix tiles, then suffix tiles, tails masked.
             j = t - n_part
@@ -320,6 +329,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
             xe = tl.where(is_pre, P, P + NG + S)
             xrows = xs + offs_n
             rows = tl.where(is_ext, xrows, rows)
+            row0 = tl.where(is_ext, xs, row0)
             kin = tl.where(is_ext, xrows < xe, kin)
             mask = mask | is_ext
             if HAS_KM:
@@ -333,7 +343,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM,
         mask = mask & kin[None, :]
         rows = tl.where(kin, rows, -1)
         acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                              mask, True)
+                              mask, True, desc_k, desc_v, head_row + row0, TMA)
     st_rows = q_rows
     st_ok = q_ok
 
@@ -524,7 +534,7 @@ def _interpret() -> bool:
 
 def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, scale=None,
                 key_mask=None, key_mask_grid=False, natural=True, out=None, lse=None,
-                config=None):
+                config=None, tma=None):
     """Launch the kernel. ``natural``: tensors in natural token order, else tiled order with
     padding (``permute_tokens`` layout). ``key_mask``: int8/bool ``[B, N]`` in the same layout
     as the tensors; applied to extra keys, and to grid keys when ``key_mask_grid``.
@@ -561,6 +571,8 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     if k.shape[2] != N or v.shape[2] != N:
         raise ValueError("q, k, v must have the same number of tokens")
     scale = D ** -0.5 if scale is None else scale
+    if tma is None:
+        tma = os.environ.get("GNA_TRITON_TMA", "1") == "1"
     if out is None:
         out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     if lse is None:
@@ -577,7 +589,15 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
                 BM=BM, BN=BN, D=D, C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
                 NAT=bool(natural), KM_GRID=bool(key_mask is not None and key_mask_grid),
                 HAS_KM=key_mask is not None, HAS_EXTRA_KV=(P + S) > 0, HAS_EXTRA_Q=(P + S) > 0)
-    args = (q, k, v, out, lse, km,
+    use_tma = (not natural) and tma and k.is_contiguous() and v.is_contiguous()
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        desc_k = TensorDescriptor(k, shape=[B * Hkv * N, D], strides=[D, 1], block_shape=[BN, D])
+        desc_v = TensorDescriptor(v, shape=[B * Hkv * N, D], strides=[D, 1], block_shape=[BN, D])
+    else:
+        desc_k = desc_v = None
+    meta["TMA"] = use_tma
+    args = (q, k, v, out, lse, km, desc_k, desc_v, N,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1), km.stride(0),
@@ -590,7 +610,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
 
     if config is None and not _interpret():
         key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
-               bool(natural), meta["HAS_KM"], meta["KM_GRID"], torch.cuda.get_device_name(q.device))
+               bool(natural), use_tma, meta["HAS_KM"], meta["KM_GRID"], torch.cuda.get_device_name(q.device))
         config = _CONFIG_CACHE.get(key)
         if config is None:
             config = _autotune(launch, BM, out)
