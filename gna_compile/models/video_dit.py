@@ -89,7 +89,7 @@ class TinyVideoDiT(nn.Module):
         x = self.embed(video).flatten(2).transpose(1, 2)          # [B, t*h*w, dim]
         text = self.text_in(text)
         cos, sin = rope_3d(t, h, w, x.shape[-1] // self.heads)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        cos, sin = cos.to(x.device, x.dtype), sin.to(x.device, x.dtype)
         mask = None
         if text_mask is not None:  # True on every video key, the text mask on text keys
             video_keys = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
