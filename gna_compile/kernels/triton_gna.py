@@ -159,7 +159,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
              C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
              NAT: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
              HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr,
-             TMA: tl.constexpr):
+             TMA: tl.constexpr, RANK: tl.constexpr):
     """Grid queries: the Q tile's GNA box; extra queries (first programs): the whole grid as
     the box with whole-grid windows. Then two loops: full KV tiles (no mask), and partial
     KV tiles followed by the extra-token KV tiles (masked)."""
@@ -310,10 +310,15 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
         k0 = c0 * TK0 + e0
         k1 = c1 * TK1 + e1
         k2 = c2 * TK2 + e2
-        kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
-        mask = ((k0[None, :] - lo0[:, None]).to(tl.uint32) <= wd0[:, None].to(tl.uint32)) \
-            & ((k1[None, :] - lo1[:, None]).to(tl.uint32) <= wd1[:, None].to(tl.uint32)) \
-            & ((k2[None, :] - lo2[:, None]).to(tl.uint32) <= wd2[:, None].to(tl.uint32))
+        # Dims added to reach 3 (extent 1) need no test: RANK compiles them out.
+        kin = k2 < n2
+        mask = (k2[None, :] - lo2[:, None]).to(tl.uint32) <= wd2[:, None].to(tl.uint32)
+        if RANK >= 2:
+            kin = kin & (k1 < n1)
+            mask = mask & ((k1[None, :] - lo1[:, None]).to(tl.uint32) <= wd1[:, None].to(tl.uint32))
+        if RANK >= 3:
+            kin = kin & (k0 < n0)
+            mask = mask & ((k0[None, :] - lo0[:, None]).to(tl.uint32) <= wd0[:, None].to(tl.uint32))
         if DIL:
             mask = mask & ((((k0[None, :] % d0) == (a0 % d0)[:, None])
                             & ((k1[None, :] % d1) == (a1 % d1)[:, None])
@@ -597,6 +602,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     else:
         desc_k = desc_v = None
     meta["TMA"] = use_tma
+    meta["RANK"] = rank
     args = (q, k, v, out, lse, km, desc_k, desc_v, N,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
