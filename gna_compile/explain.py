@@ -68,9 +68,13 @@ def explain(model, *args, policy: Optional[Policy] = None, verbose: bool = True,
             **kwargs) -> Report:
     """Analyze every attention call of ``model(*args, **kwargs)`` under ``policy``."""
     recorder = GNABackend(policy, inner="eager", rewrite=False)
-    compiled = torch.compile(model, backend=recorder)
     with torch.no_grad():
-        compiled(*args, **kwargs)
+        torch.compile(model, backend=recorder)(*args, **kwargs)
+        if not recorder.graphs:
+            # Dynamo captured nothing: the model's frames hit the recompile limit (e.g. many
+            # explain() calls on one model). Start from a clean Dynamo cache once.
+            torch._dynamo.reset()
+            torch.compile(model, backend=recorder)(*args, **kwargs)
     report = Report(recorder.records)
     if verbose:
         print(report)

@@ -8,6 +8,8 @@ speedup reaches ``min_speedup``.
 
 from __future__ import annotations
 
+import functools
+
 from ..config import GNA
 from .record import CallRecord
 
@@ -22,10 +24,15 @@ def _fill(rec: CallRecord, res) -> None:
     rec.block_sparse = res.perfectly_block_sparse
 
 
+@functools.lru_cache(maxsize=256)
+def _search(grid, **kw):
+    """``sim.search`` memoized: a DiT asks the same question for each of its ~60 blocks."""
+    from .. import sim
+    return tuple(sim.search(grid, **kw))
+
+
 def decide(rec: CallRecord, policy, grid: tuple, prefix: int, suffix: int) -> None:
     """Set ``rec.decision`` and the config fields for a call whose grid is known."""
-    from .. import sim
-
     action, source = policy.action_for(rec.module)
     if action == "dense":
         rec.reason = f"{source} says dense"
@@ -38,8 +45,8 @@ def decide(rec: CallRecord, policy, grid: tuple, prefix: int, suffix: int) -> No
             return
         rec.window, rec.stride, rec.dilation, rec.causal = spec.window, spec.stride, spec.dilation, spec.causal
         try:
-            best = sim.search(grid, window=spec.window, strides=[spec.stride], dilation=spec.dilation,
-                              causal=spec.causal, extra_prefix=prefix, extra_suffix=suffix, top=1)
+            best = _search(grid, window=spec.window, strides=(spec.stride,), dilation=spec.dilation,
+                           causal=spec.causal, extra_prefix=prefix, extra_suffix=suffix, top=1)
             _fill(rec, best[0])
         except ValueError:
             pass  # the simulator has no tile for it: still rewrite, no prediction
@@ -49,8 +56,8 @@ def decide(rec: CallRecord, policy, grid: tuple, prefix: int, suffix: int) -> No
     # "auto"
     try:
         kw = dict(sparsity=policy.sparsity, extra_prefix=prefix, extra_suffix=suffix, top=1)
-        best = sim.search(grid, **kw)
-        block = sim.search(grid, require_block_sparse=True, **kw)
+        best = _search(grid, **kw)
+        block = _search(grid, require_block_sparse=True, **kw)
     except ValueError as e:
         rec.reason = f"auto: simulator found no config for grid {grid}: {e}"
         return
