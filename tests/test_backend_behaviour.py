@@ -275,3 +275,32 @@ def test_grid_from_token_sequence_is_not_proof():
     assert "rank-3 graph input" in rec.reason
     be, _ = run(Rows(), torch.randn(1, 32, 16), policy=Policy(default=GNA(2), layout=(4, 8)))
     assert be.records[0].rewritten and be.records[0].grid == (4, 8)
+
+
+def test_dynamic_shapes_through_inductor():
+    torch.manual_seed(0)
+    m = ViT().eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA(4, 2)))
+    f = torch.compile(m, backend=be, fullgraph=True, dynamic=True)
+    for hw in ((16, 24), (20, 12)):
+        img = torch.randn(2, 3, *hw)
+        with torch.no_grad():
+            out = f(img)
+            with reference_sdpa(lambda q, k: dict(shape=(hw[0] // 2, hw[1] // 2), window=4, stride=2,
+                                                  extra_prefix=1)):
+                want = m(img)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert len(be.graphs) == 1
+
+
+def test_both_sdpa_spellings_found():
+    from gna_compile.passes.find_sdpa import find_sdpa
+
+    class Two(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v) + torch._C._nn.scaled_dot_product_attention(q, k, v)
+
+    gm = torch.fx.symbolic_trace(Two())
+    targets = [c.node.target for c in find_sdpa(gm.graph)]
+    assert targets == [F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention]
