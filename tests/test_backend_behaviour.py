@@ -304,3 +304,21 @@ def test_both_sdpa_spellings_found():
     gm = torch.fx.symbolic_trace(Two())
     targets = [c.node.target for c in find_sdpa(gm.graph)]
     assert targets == [F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention]
+
+
+def test_dynamic_video_dit_symbolic_grid_and_text_length():
+    torch.manual_seed(0)
+    m = TinyVideoDiT().eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA(2)), inner="eager")
+    f = torch.compile(m, backend=be, fullgraph=True, dynamic=True)
+    for T, L in ((2, 5), (3, 7)):
+        args = (torch.randn(1, 4, T, 8, 12), torch.randn(1, L, 16), torch.arange(L)[None] < L - 1)
+        with torch.no_grad():
+            out = f(*args)
+            with reference_sdpa(lambda q, k: dict(shape=(T, 4, 6), window=2, extra_suffix=L)) as ref:
+                want = m(*args)
+        assert ref.calls == 2
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert len(be.graphs) == 1
+    assert all(r.rewritten and r.key_mask == "keys (extra tokens only)" for r in be.records)

@@ -80,22 +80,29 @@ def format_layout(layout) -> str:
     return " + ".join(parts)
 
 
+def _le(a, b) -> bool:
+    """Provably ``a <= b`` (for every value of the size symbols)."""
+    d = sympy.expand(sympy.sympify(b) - sympy.sympify(a))
+    return bool(d.is_nonnegative) or (d.is_Integer and int(d) >= 0)
+
+
 def _slice_layout(layout, start, stop):
-    """Tokens ``[start, stop)`` of a layout; None if the cut splits a grid."""
+    """Tokens ``[start, stop)`` of a layout; None if the cut splits a grid or is undecidable."""
     out, pos = [], sympy.Integer(0)
     for seg in layout:
         end = sympy.expand(pos + seg.size)
-        lo, hi = sympy.Max(start, pos), sympy.Min(stop, end)
-        empty = (hi - lo).is_nonpositive
-        if empty is None:
+        if _le(end, start) or _le(stop, pos):
+            pass  # segment outside the slice
+        elif _le(start, pos) and _le(end, stop):
+            out.append(seg)
+        elif seg.grid:
             return None
-        if not empty:
-            if same(lo, pos) and same(hi, end):
-                out.append(seg)
-            elif seg.grid:
+        else:
+            lo = pos if _le(start, pos) else start if _le(pos, start) else None
+            hi = end if _le(end, stop) else stop if _le(stop, end) else None
+            if lo is None or hi is None:
                 return None
-            else:
-                out.append(Segment((Axis(sympy.expand(hi - lo), None),), False))
+            out.append(Segment((Axis(sympy.expand(hi - lo), None),), False))
         pos = end
     return tuple(out)
 
@@ -354,9 +361,11 @@ class LayoutTracer:
                 if not isinstance(v, (int, torch.SymInt)):
                     return None
             e = to_expr(v)
-            if e.is_Integer and int(e) < 0:
-                e = n + e
-            return sympy.Min(sympy.Max(e, 0), n)
+            if e.is_negative:  # python semantics: from the end
+                e = sympy.expand(n + e)
+            if e.is_Integer and n.is_Integer:
+                e = sympy.Integer(min(max(int(e), 0), int(n)))
+            return e
 
         start, stop = bound(sl.start, sympy.Integer(0)), bound(sl.stop, n)
         if start is None or stop is None:
