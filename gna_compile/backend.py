@@ -68,8 +68,14 @@ class GNABackend:
         return [r for r in self.records if r.rewritten]
 
 
-def backend(policy: Optional[Policy] = None, inner: Union[str, Callable] = "inductor") -> GNABackend:
-    """A configured ``gna`` backend: ``torch.compile(model, backend=gna_compile.backend(policy))``."""
+def backend(policy: Optional[Policy] = None, inner: Union[str, Callable] = "inductor"):
+    """A configured ``gna`` backend: ``torch.compile(model, backend=gna_compile.backend(policy))``.
+
+    Passed uncalled (``backend=gna_compile.backend``), Dynamo calls it with ``(gm,
+    example_inputs)``: then it acts as the default backend.
+    """
+    if isinstance(policy, torch.fx.GraphModule):
+        return gna_backend(policy, inner)
     return GNABackend(policy, inner)
 
 

@@ -322,3 +322,12 @@ def test_dynamic_video_dit_symbolic_grid_and_text_length():
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     assert len(be.graphs) == 1
     assert all(r.rewritten and r.key_mask == "keys (extra tokens only)" for r in be.records)
+
+
+def test_backend_passed_uncalled_uses_defaults():
+    torch.manual_seed(0)
+    m = ViT().eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(m, backend=gna_compile.backend)(torch.randn(1, 3, 8, 8))
+    assert out.shape == (1, 17, 16)
