@@ -520,6 +520,7 @@ def predicted_speedup(spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0):
 # ----------------------------------------------------------------------------- launch
 
 _CONFIG_CACHE: dict = {}
+_LAST_KERNEL: list = [None]  # compiled handle of the last launch (registers, spills, smem)
 _TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
 # (num_warps, num_stages, warp_specialize) tried per Q-tile size; WS only on the unmasked loop.
 _DEFAULT_CONFIGS = {128: [(8, 2, False), (8, 3, False), (4, 3, True), (8, 2, True)],
@@ -612,7 +613,8 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
 
     def launch(cfg):
         nw, ns, ws = (tuple(cfg) + (False,))[:3]
-        _gna_fwd[grid](*args, **meta, WS=bool(ws), num_warps=nw, num_stages=ns)
+        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), num_warps=nw, num_stages=ns)
+        _LAST_KERNEL[0] = k_
 
     if config is None and not _interpret():
         key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
