@@ -7,7 +7,7 @@ rewritten. Each refusal carries a readable reason, because anything not proven s
 from __future__ import annotations
 
 import sympy
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
 from .decide import decide
 from .find_sdpa import SdpaCall, find_sdpa

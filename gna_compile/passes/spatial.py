@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch.fx import Node
 
 from .ops import op_name
-from .symbolic import example_value, hint, shape_of
+from .symbolic import hint, shape_of
 
 __all__ = ["axis_problem"]
 
