@@ -29,11 +29,13 @@ class GNABackend:
 
     ``records`` collects one :class:`CallRecord` per attention call of every graph compiled so
     far (what ``explain()`` prints); ``inner`` is ``"inductor"`` (default), ``"aot_eager"``,
-    ``"eager"`` or a backend callable.
+    ``"eager"`` or a backend callable. ``hoist_permutations=True`` runs the permutation
+    hoisting pass after the rewrite (results in ``hoist_results``).
     """
 
     def __init__(self, policy: Optional[Policy] = None,
-                 inner: Union[str, Callable] = "inductor", rewrite: bool = True):
+                 inner: Union[str, Callable] = "inductor", rewrite: bool = True,
+                 hoist_permutations: bool = False):
         if policy is None:
             policy = Policy()
         if not isinstance(policy, Policy):
@@ -41,12 +43,19 @@ class GNABackend:
         if not callable(inner) and inner not in _INNER:
             raise ValueError(f"inner={inner!r} must be one of {_INNER} or a Dynamo backend callable")
         self.policy, self.inner, self.do_rewrite = policy, inner, rewrite
+        self.hoist = bool(hoist_permutations)
         self.records: list[CallRecord] = []
+        self.hoist_results: list = []
         self.graphs: list[torch.fx.GraphModule] = []
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         records = run_passes(gm, self.policy, do_rewrite=self.do_rewrite)
         self.records.extend(records)
+        if self.hoist and self.do_rewrite and any(r.rewritten for r in records):
+            from .passes.hoist_permutations import hoist_permutations
+            res = hoist_permutations(gm)
+            self.hoist_results.append(res)
+            log.info("gna_compile: %s", res)
         self.graphs.append(gm)
         for r in records:
             log.info("gna_compile: %s -> %s (%s)", r.module, r.decision, r.reason)
@@ -68,7 +77,8 @@ class GNABackend:
         return [r for r in self.records if r.rewritten]
 
 
-def backend(policy: Optional[Policy] = None, inner: Union[str, Callable] = "inductor"):
+def backend(policy: Optional[Policy] = None, inner: Union[str, Callable] = "inductor",
+            hoist_permutations: bool = False):
     """A configured ``gna`` backend: ``torch.compile(model, backend=gna_compile.backend(policy))``.
 
     Passed uncalled (``backend=gna_compile.backend``), Dynamo calls it with ``(gm,
@@ -76,7 +86,7 @@ def backend(policy: Optional[Policy] = None, inner: Union[str, Callable] = "indu
     """
     if isinstance(policy, torch.fx.GraphModule):
         return gna_backend(policy, inner)
-    return GNABackend(policy, inner)
+    return GNABackend(policy, inner, hoist_permutations=hoist_permutations)
 
 
 def gna_backend(gm: torch.fx.GraphModule, example_inputs):

@@ -331,3 +331,17 @@ def test_backend_passed_uncalled_uses_defaults():
     with torch.no_grad():
         out = torch.compile(m, backend=gna_compile.backend)(torch.randn(1, 3, 8, 8))
     assert out.shape == (1, 17, 16)
+
+
+def test_backend_runs_permutation_hoisting_when_asked():
+    torch.manual_seed(0)
+    m = TinyVideoDiT(depth=2).eval()
+    args = (torch.randn(1, 4, 2, 8, 8), torch.randn(1, 3, 16), torch.tensor([[True, True, False]]))
+    policy = Policy(default=GNA((2, 2, 2)))
+    _, plain = run(m, *args, policy=policy)
+    torch._dynamo.reset()
+    be = gna_compile.backend(policy, inner="eager", hoist_permutations=True)
+    with torch.no_grad():
+        hoisted = torch.compile(m, backend=be, fullgraph=True)(*args)
+    assert len(be.hoist_results) == 1
+    torch.testing.assert_close(hoisted, plain, atol=1e-5, rtol=1e-5)
