@@ -34,7 +34,9 @@ def hunyuan():
         num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
         qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=16,
         rope_axes_dim=(4, 6, 6))
-    text_mask = torch.arange(32)[None] < 20
+    # int64 like the diffusers pipeline's tokenizer mask; with a bool mask the pass can also
+    # prove that no video key is ever masked ("keys (extra tokens only)").
+    text_mask = (torch.arange(32)[None] < 20).long()
     kw = dict(hidden_states=torch.randn(1, 4, 8, 32, 32), timestep=torch.tensor([1.0]),
               encoder_hidden_states=torch.randn(1, 32, 32), encoder_attention_mask=text_mask,
               pooled_projections=torch.randn(1, 16), guidance=torch.tensor([1.0]))
