@@ -159,7 +159,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
              C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
              NAT: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
              HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr,
-             TMA: tl.constexpr, RANK: tl.constexpr):
+             TMA: tl.constexpr, RANK: tl.constexpr, XFULL: tl.constexpr):
     """Grid queries: the Q tile's GNA box; extra queries (first programs): the whole grid as
     the box with whole-grid windows. Then two loops: full KV tiles (no mask), and partial
     KV tiles followed by the extra-token KV tiles (masked)."""
@@ -259,12 +259,24 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
     ef2 = fh2 - fl2 + 1
     ef1s = tl.maximum(ef1, 1)
     ef2s = tl.maximum(ef2, 1)
-    for t in tl.range(0, ef0 * ef1 * ef2, warp_specialize=WS):
+    n_gfull = ef0 * ef1 * ef2
+    if XFULL:
+        # Whole extra-token KV tiles need no mask either (no key mask, no tail).
+        n_xpf = P // BN
+        n_xfull = n_xpf + S // BN
+    else:
+        n_xfull = 0
+    for t in tl.range(0, n_gfull + n_xfull, warp_specialize=WS):
         c2 = fl2 + t % ef2s
         c1 = fl1 + (t // ef2s) % ef1s
         c0 = fl0 + t // (ef1s * ef2s)
         row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
         rows = row0 + kv_local
+        if XFULL:
+            j = t - n_gfull
+            is_x = j >= 0
+            row0 = tl.where(is_x, tl.where(j < n_xpf, j * BN, P + NG + (j - n_xpf) * BN), row0)
+            rows = tl.where(is_x, row0 + offs_n, rows)
         if KM_GRID:
             kmok = tl.load(km_base + rows) != 0
             rows = tl.where(kmok, rows, -1)
@@ -285,8 +297,15 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
     nC = ef0 * ef1 * (ev2 - ef2)
     n_part = nA + nB + nC
     if HAS_EXTRA_KV:
-        n_xpre = (P + BN - 1) // BN
-        n_ext = n_xpre + (S + BN - 1) // BN
+        # Masked extra tiles: all of them, or only the two tails when XFULL took the rest.
+        if XFULL:
+            pre_first = P // BN
+            suf_first = S // BN
+        else:
+            pre_first = 0
+            suf_first = 0
+        n_xpre = (P + BN - 1) // BN - pre_first
+        n_ext = n_xpre + (S + BN - 1) // BN - suf_first
     else:
         n_ext = 0
     for t in range(0, n_part + n_ext):
@@ -330,7 +349,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
             j = t - n_part
             is_ext = j >= 0
             is_pre = j < n_xpre
-            xs = tl.where(is_pre, j * BN, P + NG + (j - n_xpre) * BN)
+            xs = tl.where(is_pre, (pre_first + j) * BN, P + NG + (suf_first + j - n_xpre) * BN)
             xe = tl.where(is_pre, P, P + NG + S)
             xrows = xs + offs_n
             rows = tl.where(is_ext, xrows, rows)
@@ -522,8 +541,10 @@ def predicted_speedup(spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0):
 _CONFIG_CACHE: dict = {}
 _LAST_KERNEL: list = [None]  # compiled handle of the last launch (registers, spills, smem)
 _TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
-# (num_warps, num_stages, warp_specialize) tried per Q-tile size; WS only on the unmasked loop.
-_DEFAULT_CONFIGS = {128: [(8, 2, False), (8, 3, False), (4, 3, True), (8, 2, True)],
+# (num_warps, num_stages, warp_specialize) tried per Q-tile size. Warp specialisation (only
+# ever on the unmasked loop) gained <= 1% on the H100 (benchmarks/NOTES.md): off by default.
+# 2-CTA/SM configs (BN=64, fewer stages) were all slower than one CTA with 3 stages.
+_DEFAULT_CONFIGS = {128: [(8, 3, False), (8, 2, False)],
                     64: [(4, 2, False), (4, 3, False), (8, 2, False)]}
 
 
@@ -604,6 +625,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
         desc_k = desc_v = None
     meta["TMA"] = use_tma
     meta["RANK"] = rank
+    meta["XFULL"] = (P + S) > 0 and key_mask is None
     args = (q, k, v, out, lse, km, desc_k, desc_v, N,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
