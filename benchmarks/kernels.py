@@ -8,8 +8,9 @@ from the same GNA definition in the same tile order (on permuted tensors); ours 
 kernel on permuted tensors; ours-nat = the same kernel reading/writing natural token order
 (what backend="triton" runs, no permutation pass); ours+perm = fused Triton permute of Q, K, V
 + kernel + unpermute of O; x-cuDNN / x-flex = speedups of min(ours, ours-nat); TFLOP/s =
-attended pairs x 4 x D / time of that best; sim = simulator's predicted speedup over dense
-(tile count, partial tiles weighted by its mask penalty); perm% = (permute Q,K,V + unpermute
+attended pairs x 4 x D / time of that best; bound = FLOP-wise speedup bound (N^2 / attended
+pairs, extras included); sim = simulator's predicted speedup over dense (tile visits, partial
+tiles weighted by the kernel's measured mask penalty, triton_gna.PARTIAL_PENALTY); perm% = (permute Q,K,V + unpermute
 O) / kernel time. ``--check`` first compares ours, ours-nat and flex with the reference on
 two heads (relative L2 error) and refuses to time a wrong kernel.
 """
@@ -83,7 +84,8 @@ def attended_pairs(spec, P, S=0):
 def sim_speedup(spec, qt, kt, P):
     try:
         from gna_compile.sim import simulate
-        r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt, P, 0)
+        r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt, P, 0,
+                     mask_penalty=triton_gna.PARTIAL_PENALTY)
         return r.tile_speedup_with_extras, r.perfectly_block_sparse, r.mask_penalty
     except Exception:
         return triton_gna.predicted_speedup(spec, qt, kt, P), None, triton_gna.PARTIAL_PENALTY

@@ -429,7 +429,9 @@ def _dim_stats(n, w, s, d, c, tq, tk):
     return vis, full
 
 
-PARTIAL_PENALTY = 1.35  # a masked tile costs ~this many full tiles (to be re-measured)
+# A masked (partial) tile visit costs ~this many full 128x128 visits: measured on the H100
+# from flux_s1 (1.8) and hunyuan_s1 (1.5) against the block-sparse runs (benchmarks/NOTES.md).
+PARTIAL_PENALTY = 1.6
 SMALL_M_PENALTY = 1.15  # BM=64 tiles use the tensor cores less well on Hopper
 
 
