@@ -44,7 +44,11 @@ def _permute_impl(x, shape, tile, extra_prefix, extra_suffix, inverse):
     if mod is not None and hasattr(mod, name):
         return getattr(mod, name)(x, shape, tile, extra_prefix, extra_suffix)
     fn = unpermute_tokens if inverse else permute_tokens
-    return fn(x, shape, tile, extra_prefix, extra_suffix).contiguous()
+    out = fn(x, shape, tile, extra_prefix, extra_suffix).contiguous()
+    # An identity layout (e.g. a tile spanning whole rows) comes back as a view of x; a custom
+    # op must not return an alias of its input.
+    same = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    return out.clone() if same else out
 
 
 def _permuted_len_shape(x, shape, tile, extra_prefix, extra_suffix, inverse):

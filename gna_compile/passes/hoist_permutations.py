@@ -29,7 +29,9 @@ from .token_dim import EXTRAS, NEUTRAL, SPLITS, TokenDim, backward, forward, is_
 __all__ = ["hoist_permutations", "HoistResult"]
 
 _OPS = torch.ops.gna_compile
-_META_OPS = {"size", "dim", "numel", "getattr", "stride"}  # read metadata only: no reorder needed
+# Consumers that read only metadata (sizes, dtype) of a region tensor: no reorder needed.
+# ``key_mask_2d`` (from the rewrite) reads the batch size of q.
+_META_OPS = {"size", "dim", "numel", "getattr", "stride", "key_mask_2d"}
 _GNA_KW = ("q", "k", "v", "shape", "window", "stride", "dilation", "causal", "extra_prefix",
            "extra_suffix", "scale", "key_mask", "key_mask_spatial", "backend")
 
@@ -168,7 +170,38 @@ def _check(region: _Region):
         if a in region.td:
             del region.entries[(a, node)]
     region.exits = {(n, u) for n, u in region.exits if u not in region.td}
+    _shrink(region)
     return None
+
+
+def _numel(node) -> int:
+    return math.prod(sizes(node) or (0,))
+
+
+def _shrink(region: _Region) -> None:
+    """Leave out region nodes fed only by entries when that saves permutes: e.g. a RoPE table
+    concatenated from three per-axis pieces is permuted once after the cat, not three times."""
+    changed = True
+    while changed:
+        changed = False
+        for node, td in list(region.td.items()):
+            if isinstance(td, tuple) or is_gna_op(node) or op_name(node) in SPLITS:
+                continue
+            fed = [a for (a, n) in region.entries if n is node]
+            if not fed or any(a in region.td for a in node.all_input_nodes):
+                continue
+            users = [u for u in node.users if u in region.td]
+            if len(fed) == 1 and not (len(users) == 1 and _numel(node) <= _numel(fed[0])):
+                continue  # moving one entry down one op only pays when it lets entries merge
+            if any((node, u) in region.exits for u in node.users):
+                continue
+            del region.td[node]
+            for a in fed:
+                del region.entries[(a, node)]
+            for u in node.users:
+                if u in region.td:
+                    region.entries[(node, u)] = backward(u, region.td[u], node)
+            changed = True
 
 
 def _emit_permute(graph, x: Node, td: TokenDim, key, inverse: bool) -> Node:
@@ -238,10 +271,12 @@ def hoist_permutations(gm: GraphModule) -> HoistResult:
         err = _check(region)
         if err is None and claimed & set(region.td):
             err = "region overlaps a region of another tile"
-        if err is None:
-            cost = len({a for a, _ in region.entries}) + len({n for n, _ in region.exits})
-            if cost >= 4 * len(seeds):
-                err = f"no gain: {cost} permutations vs {4 * len(seeds)} per call"
+        if err is None:  # compare elements moved: boundary tensors vs q, k, v, o of every call
+            moved = sum(_numel(a) for a in {a for a, _ in region.entries}) + \
+                sum(_numel(n) for n in {n for n, _ in region.exits})
+            per_call = sum(_numel(x) for s in seeds for x in (*s.args[:3], s))
+            if moved >= per_call:
+                err = f"no gain: {moved} elements permuted at the boundaries vs {per_call} per call"
         if err is not None:
             res.skipped += [(s.name, err) for s in seeds]
             continue

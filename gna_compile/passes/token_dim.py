@@ -137,8 +137,19 @@ def forward(node: Node, src: Node, td: TokenDim):
         return _getitem_forward(node, ins, td)
     if name == "cat":
         return _cat_forward(node, src, td)
+    if name == "stack":  # a new dim: token-wise, the token dim may shift by one
+        dim = norm_dim(int(arg(node, 1, "dim", 0)), len(out))
+        return TokenDim(td.dim + (dim <= td.dim), td.pre, td.suf)
+    if name in ("outer", "ger"):  # RoPE angles: positions x frequencies
+        pos = 0 if node.args[0] is src else 1
+        return TokenDim(pos, td.pre, td.suf) if td.dim == 0 and len(ins) == 1 else None
+    if name == "repeat_interleave":  # e.g. GQA heads: token-wise unless along the token dim
+        dim = arg(node, 2, "dim")
+        if node.args[0] is not src or dim is None or not isinstance(arg(node, 1, "repeats"), int):
+            return None
+        return None if norm_dim(int(dim), len(ins)) == td.dim else td
     if name == "sdpa":  # dense attention left in place: token-wise in its queries only
-        q, k, v = node.args[0], arg(node, 1, "key"), arg(node, 2, "value")
+        q, k, v = arg(node, 0, "query"), arg(node, 1, "key"), arg(node, 2, "value")
         mask = arg(node, 3, "attn_mask")
         if src is not q or src is k or src is v or td.dim != len(ins) - 2:
             return None
@@ -258,15 +269,22 @@ def backward(node: Node, td: TokenDim, inp: Node):
             return NEUTRAL
         return TokenDim(d, td.pre, td.suf) if ins[d] == L else None
     if name in FEATURE or name == "sdpa":
-        if inp is not node.args[0]:
+        if inp is not arg(node, 0, "query" if name == "sdpa" else "input"):
             return NEUTRAL  # weights, bias, keys/values of a cross-attention
         return td if forward(node, inp, td) == td else None
     if name == "cat":
         return _cat_backward(node, td, inp)
+    if name in ("outer", "ger"):
+        pos = 0 if node.args[0] is inp else 1
+        return TokenDim(0, td.pre, td.suf) if td.dim == pos else NEUTRAL
+    if name == "stack":
+        dim = norm_dim(int(arg(node, 1, "dim", 0)), len(out))
+        return None if dim == td.dim else TokenDim(td.dim - (dim < td.dim), td.pre, td.suf)
     if name == "getitem":
         return _getitem_backward(node, td, inp, ins)
     if node.args and node.args[0] is inp and (name in RESHAPE or name in REDUCE or name in DIM_WISE or name in (
-            "softmax", "unsqueeze", "squeeze", "expand", "transpose", "swapaxes", "permute")):
+            "softmax", "unsqueeze", "squeeze", "expand", "transpose", "swapaxes", "permute",
+            "repeat_interleave")):
         for d in range(len(ins)):  # the input dim whose image is td (pre/suf are unchanged)
             cand = TokenDim(d, td.pre, td.suf)
             if forward(node, inp, cand) == td:

@@ -1,0 +1,124 @@
+"""Permutation hoisting on real model graphs: tiny diffusers FLUX/HunyuanVideo/Cosmos and the
+built-in video DiT. Permutes only at region boundaries (counted, and shown as a golden
+listing), outputs equal to the same compile without hoisting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from expecttest import TestCase
+
+import gna_compile
+from gna_compile import GNA, Policy
+from gna_compile.models import TinyVideoDiT
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def flux():
+    m = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
+    h, w, text = 8, 16, 5
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(h)), torch.arange(float(w)),
+                                     indexing="ij"), -1)
+    kw = dict(hidden_states=torch.randn(1, h * w, 4), encoder_hidden_states=torch.randn(1, text, 16),
+              pooled_projections=torch.randn(1, 8), timestep=torch.tensor([1.0]),
+              img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text, 3))
+    return m, kw, Policy(default=GNA((4, 8), (4, 8)), layout=(h, w))
+
+
+def hunyuan():
+    m = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 2, 4))
+    kw = dict(hidden_states=torch.randn(1, 4, 2, 16, 16), timestep=torch.tensor([1.0]),
+              encoder_hidden_states=torch.randn(1, 5, 16),
+              encoder_attention_mask=torch.tensor([[True, True, True, False, False]]),
+              pooled_projections=torch.randn(1, 8), guidance=torch.tensor([1.0]))
+    return m, kw, Policy(default=GNA((2, 4, 4), (2, 4, 4)))
+
+
+def cosmos():
+    m = diffusers.CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=24, num_layers=2,
+        mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2),
+        rope_scale=(1.0, 1.0, 1.0), concat_padding_mask=False, extra_pos_embed_type="learnable")
+    kw = dict(hidden_states=torch.randn(1, 4, 2, 16, 16), timestep=torch.tensor([1.0]),
+              encoder_hidden_states=torch.randn(1, 5, 16))
+    return m, kw, Policy(default=GNA((2, 4, 4), (2, 4, 4)))
+
+
+def video_dit():
+    m = TinyVideoDiT(in_channels=4, dim=32, heads=2, depth=3, patch=(1, 2, 2), text_dim=16)
+    kw = dict(video=torch.randn(1, 4, 4, 16, 16), text=torch.randn(1, 6, 16),
+              text_mask=torch.tensor([[True] * 4 + [False] * 2]))
+    return m, kw, Policy(default=GNA((2, 4, 4), (2, 4, 4)))
+
+
+def _compile(build, hoist):
+    torch.manual_seed(0)
+    m, kw, policy = build()
+    m.eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(policy, inner="eager", hoist_permutations=hoist)
+    with torch.no_grad():
+        out = torch.compile(m, backend=be)(**kw)
+    out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+    return out, be
+
+
+# model -> (GNA calls, permutes allowed after hoisting: entries + exits, independent of depth;
+# the video DiT's are the hidden states in and out and its three per-axis RoPE position vectors)
+CASES = {"flux": (flux, 4, 3), "hunyuan": (hunyuan, 4, 5), "cosmos": (cosmos, 2, 5),
+         "video_dit": (video_dit, 3, 5)}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hoisting_matches_unhoisted_and_permutes_at_boundaries(name):
+    build, calls, permutes = CASES[name]
+    plain, be_plain = _compile(build, hoist=False)
+    hoisted, be = _compile(build, hoist=True)
+    assert len(be_plain.rewritten) == calls
+    res = be.hoist_results
+    assert sum(r.calls for r in res) == calls, [str(r) for r in res]
+    assert sum(r.permutes for r in res) <= permutes, [str(r) for r in res]
+    torch.testing.assert_close(hoisted, plain, rtol=1e-5, atol=1e-5)
+
+
+def _boundary_listing(gm) -> str:
+    """The permutation-related nodes of a graph, with what they read: the golden view."""
+    names = {"permute_tokens", "unpermute_tokens", "gna_attention_tiled", "gna_attention"}
+    lines = []
+    for n in gm.graph.nodes:
+        op = getattr(n.target, "_opname", None)
+        if n.op == "call_function" and op in names:
+            src = n.args[0]
+            while getattr(src, "target", None) in (torch.movedim, torch.unsqueeze):
+                src = src.args[0]
+            extra = f" tile={n.args[2]} pre={n.args[3]} suf={n.args[4]}" if "permute" in op else ""
+            lines.append(f"{op}({src.name}){extra}")
+    return "\n".join(lines)
+
+
+class GoldenHoist(TestCase):
+    def test_video_dit_boundaries(self):
+        torch.manual_seed(0)
+        m, kw, policy = video_dit()
+        graphs = []
+        be = gna_compile.backend(policy, inner=lambda gm, ex: graphs.append(gm) or gm.forward,
+                                 hoist_permutations=True)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(m.eval(), backend=be, fullgraph=True)(**kw)
+        self.assertExpectedInline(_boundary_listing(graphs[0]), """\
+permute_tokens(flatten) tile=[2, 4, 8] pre=0 suf=0
+permute_tokens(float_1) tile=[2, 4, 8] pre=0 suf=0
+permute_tokens(float_2) tile=[2, 4, 8] pre=0 suf=0
+permute_tokens(float_3) tile=[2, 4, 8] pre=0 suf=0
+gna_attention_tiled(q_2)
+gna_attention_tiled(q_5)
+gna_attention_tiled(q_8)
+unpermute_tokens(x_7) tile=[2, 4, 8] pre=0 suf=0""")
