@@ -171,6 +171,9 @@ def _check(region: _Region):
             del region.entries[(a, node)]
     region.exits = {(n, u) for n, u in region.exits if u not in region.td}
     _shrink(region)
+    for a, _ in region.entries:  # a copy taken at an entry must not miss a later in-place write
+        if any(is_mutation(u) for u in a.users):
+            return f"{a.name} is modified in place after it enters the region"
     return None
 
 
