@@ -143,10 +143,12 @@ def test_backend_and_permuted_entry_point():
 def test_backend_refuses_unsupported():
     from gna_compile.kernels.triton_backend import why_not
     spec = make_spec((8,), 4)
-    q = torch.randn(1, 1, 8, 48)
+    q = torch.randn(1, 1, 8, 48, device=DEV, dtype=DTYPES[0])
     assert "head dim" in why_not(q, q, q, spec, 0, 0, None, None)
-    q = torch.randn(1, 1, 8, 32, dtype=torch.float64)
+    q = torch.randn(1, 1, 8, 32, device=DEV, dtype=torch.float64)
     assert "dtype" in why_not(q, q, q, spec, 0, 0, None, None)
+    q = torch.randn(1, 1, 8, 32, device=DEV, dtype=DTYPES[0])
+    assert why_not(q, q, q, spec, 0, 0, None, None) is None
 
 
 @pytest.mark.parametrize("shape,tile,P,S", [((37,), (16,), 0, 3), ((5, 7), (4, 4), 3, 2),
