@@ -12,7 +12,8 @@ attended pairs x 4 x D / time of that best; bound = FLOP-wise speedup bound (N^2
 pairs, extras included); sim = simulator's predicted speedup over dense (tile visits, partial
 tiles weighted by the kernel's measured mask penalty, triton_gna.PARTIAL_PENALTY); perm% = (permute Q,K,V + unpermute
 O) / kernel time. ``--check`` first compares ours, ours-nat and flex with the reference on
-two heads (relative L2 error) and refuses to time a wrong kernel.
+two heads (relative L2 error) and refuses to time a wrong kernel. Every time is the median
+of ``--rounds`` do_bench medians taken in rotated order (spreads are in the JSON).
 """
 
 from __future__ import annotations
@@ -66,7 +67,26 @@ def cases():
 
 
 def bench(fn):
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+    return do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+ROUNDS = 3
+
+
+def bench_rounds(fns, rounds):
+    """Median over rounds of do_bench medians, the order rotated each round, so that no
+    method is always timed right after the hot dense runs (clock/thermal drift)."""
+    names = [n for n, f in fns.items() if f is not None]
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            times[n].append(bench(fns[n]))
+    out = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+    out.update({n.replace("_ms", "_spread"): (max(t) - min(t)) / min(t) for n, t in times.items()})
+    for n, f in fns.items():
+        if f is None:
+            out[n] = float("nan")
+    return out
 
 
 def rel_err(a, b):
@@ -168,13 +188,14 @@ def run_case(name, cfg, check, flex_ok, log):
             res["wrong"] = True
             return res
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        res["cudnn_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale))
-    res["flex_ms"] = bench(flex_fn) if flex_fn is not None else float("nan")
-    res["ours_ms"] = bench(ours_perm)
-    res["ours_nat_ms"] = bench(ours_nat)
-    res["ours_perm_ms"] = bench(ours_plus_perm)
-    res["permutes_ms"] = bench(permutes)
+
+    def cudnn():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    fns = {"cudnn_ms": cudnn, "flex_ms": flex_fn, "ours_ms": ours_perm, "ours_nat_ms": ours_nat,
+           "ours_perm_ms": ours_plus_perm, "permutes_ms": permutes}
+    res.update(bench_rounds(fns, ROUNDS))
     best = min(res["ours_ms"], res["ours_nat_ms"])
     res["best_ms"] = best
     pairs = attended_pairs(spec, P) * H
@@ -195,11 +216,14 @@ def main():
     ap.add_argument("--check", action="store_true", help="verify every kernel against the reference first")
     ap.add_argument("--cases", default="", help="comma-separated subset of case names")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (median), order rotated")
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="directory for results.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/kernels.py needs a CUDA GPU")
     torch._dynamo.config.cache_size_limit = 64
+    global ROUNDS
+    ROUNDS = args.rounds
     lines = []
 
     def log(s):
