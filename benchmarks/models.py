@@ -123,7 +123,9 @@ def run(args) -> dict:
             rows.append(dict(variant=name, ms=ms, compile_s=max(0.0, first - ms / 1e3),
                              attn_share=attn, perm_share=perm, peak_gib=peak))
             print(f"  {name}: {ms:.1f} ms (first call {first:.1f} s)", flush=True)
-    return dict(model=args.model, size=args.size, rows=rows)
+    schedule = CASES[args.model].paper_schedule
+    schedule = (args.steps or schedule[0], schedule[1] if args.dense_steps is None else args.dense_steps)
+    return dict(model=args.model, size=args.size, rows=rows, schedule=schedule)
 
 
 def report(res) -> str:
@@ -137,7 +139,7 @@ def report(res) -> str:
                    f"{pct(r['perm_share']):>8} {r['compile_s']:>9.1f} "
                    f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>8}")
     by = {r["variant"]: r["ms"] for r in rows}
-    steps, dense_steps = CASES[res["model"]].paper_schedule
+    steps, dense_steps = res["schedule"]
     if "gna" in by and "gna in dense_attention()" in by:
         hybrid = dense_steps * by["gna in dense_attention()"] + (steps - dense_steps) * by["gna"]
         out.append(f"\nsampling loop, {steps} steps, first {dense_steps} dense (hybrid schedule): "
@@ -154,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--checkpoint", default=None, help="local diffusers checkpoint dir (default: random weights)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's schedule in zoo.py)")
+    p.add_argument("--dense-steps", type=int, default=None, help="first steps run dense (hybrid schedule)")
     args = p.parse_args(argv)
     res = run(args)
     print(report(res))

@@ -29,7 +29,10 @@ class ModelCase:
     small_grid: tuple[int, ...]
     text_tokens: dict = field(default_factory=lambda: {"full": 0, "small": 0})
     gna: Callable[[str], object] = None  # size -> GNA config or "auto"
-    paper_schedule: tuple[int, int] = (50, 15)  # (steps, dense steps) for the hybrid estimate
+    # (sampling steps, first steps kept dense) for the hybrid-schedule estimate. The step counts
+    # are the pipelines' usual defaults; the dense share (about a third) is our assumption of
+    # the paper's schedule, overridable with benchmarks/models.py --steps/--dense-steps.
+    paper_schedule: tuple[int, int] = (50, 15)
 
 
 def _flux_gna(size):
