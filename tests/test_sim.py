@@ -154,8 +154,9 @@ def test_simulate_is_fast_on_hunyuan_grid():
 
 
 def test_extra_tokens_counted_separately():
-    r = simulate((8, 8), 4, 2, q_tile=(4, 4), kv_tile=(4, 4), extra_prefix=3, extra_suffix=5)
-    base = simulate((8, 8), 4, 2, q_tile=(4, 4), kv_tile=(4, 4))
+    # Unit penalty: this checks the counting of extra-token visits, not the weighting.
+    r = simulate((8, 8), 4, 2, q_tile=(4, 4), kv_tile=(4, 4), extra_prefix=3, extra_suffix=5, mask_penalty=1.0)
+    base = simulate((8, 8), 4, 2, q_tile=(4, 4), kv_tile=(4, 4), mask_penalty=1.0)
     # Spatial fields unchanged by extras.
     for f in ("visited_tiles", "full_tiles", "partial_tiles", "dense_tiles", "flop_speedup", "tile_speedup"):
         assert getattr(r, f) == getattr(base, f)
