@@ -71,3 +71,12 @@ def test_op_argument_errors():
         gc.gna_attention(q, k, v, (4, 4), 2, extra_suffix=4, backend=3)
     with pytest.raises(ValueError, match=r"window\[1\]=5"):
         gc.gna_attention(q, k, v, (4, 4), (2, 5), extra_suffix=4)
+
+
+def test_backend_override_env(monkeypatch):
+    q, k, v = _qkv()
+    monkeypatch.setenv("GNA_COMPILE_BACKEND", "no-such-backend")
+    with pytest.raises(ValueError, match=r"backend='no-such-backend' is not available"):
+        gc.gna_attention(q, k, v, (4, 4), 2)
+    monkeypatch.setenv("GNA_COMPILE_BACKEND", "reference")
+    torch.testing.assert_close(gc.gna_attention(q, k, v, (4, 4), 2), gc.gna_attention(q, k, v, (4, 4), 2, backend="reference"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -81,9 +82,16 @@ def _log_once(msg: str) -> None:
         log.warning(msg)
 
 
+def forced_backend(backend: str) -> str:
+    """``"auto"`` becomes ``$GNA_COMPILE_BACKEND`` when that is set (e.g. ``reference``, to
+    check a compiled model against the ground truth without recompiling it)."""
+    return os.environ.get("GNA_COMPILE_BACKEND", backend) if backend == "auto" else backend
+
+
 def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend: str = "auto"):
     """Run GNA attention with the named backend (or the best supported one for "auto")."""
     _load_optional_backends()
+    backend = forced_backend(backend)
     args = (q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
     if backend == "auto":
         reasons = []

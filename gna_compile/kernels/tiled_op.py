@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_mode, dense_sdpa
+from .dispatch import KeyMask, dense_mode, dense_sdpa, forced_backend
 from .permute import padded_shape, permute_tokens, unpermute_tokens
 from .reference import reference_attention
 
@@ -119,7 +119,7 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
     """GNA on tiled-order q/k/v (layout tile ``tile``); ``key_mask`` stays in natural order."""
     spec = make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
     km = None if key_mask is None else KeyMask(key_mask, key_mask_spatial)
-    if q.is_cuda and backend in ("auto", "triton") and not dense_mode():
+    if q.is_cuda and forced_backend(backend) in ("auto", "triton") and not dense_mode():
         out = _fast_tiled(q, k, v, spec, tuple(tile), extra_prefix, extra_suffix, scale, km)
         if out is not None:  # None: the kernel does not support this call
             return out.contiguous()
