@@ -118,9 +118,10 @@ def test_key_mask(spatial):
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
 
-def test_backend_and_permuted_entry_point():
+def test_backend_and_permuted_entry_point(monkeypatch):
     """backend="triton" through the public op, and gna_attention_permuted on tiled tensors."""
     import gna_compile
+    monkeypatch.setenv("GNA_TRITON_ON_CPU", "1")
     shape, w, s, P, S = (7, 9), (3, 4), (2, 2), 2, 3
     spec = make_spec(shape, w, s)
     dtype = DTYPES[1]
@@ -140,8 +141,9 @@ def test_backend_and_permuted_entry_point():
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
 
-def test_backend_refuses_unsupported():
+def test_backend_refuses_unsupported(monkeypatch):
     from gna_compile.kernels.triton_backend import why_not
+    monkeypatch.setenv("GNA_TRITON_ON_CPU", "1")
     spec = make_spec((8,), 4)
     q = torch.randn(1, 1, 8, 48, device=DEV, dtype=DTYPES[0])
     assert "head dim" in why_not(q, q, q, spec, 0, 0, None, None)
@@ -149,6 +151,9 @@ def test_backend_refuses_unsupported():
     assert "dtype" in why_not(q, q, q, spec, 0, 0, None, None)
     q = torch.randn(1, 1, 8, 32, device=DEV, dtype=DTYPES[0])
     assert why_not(q, q, q, spec, 0, 0, None, None) is None
+    if not CUDA:  # without the opt-in, "auto" must keep the reference on the CPU
+        monkeypatch.delenv("GNA_TRITON_ON_CPU")
+        assert "GNA_TRITON_ON_CPU" in why_not(q, q, q, spec, 0, 0, None, None)
 
 
 @pytest.mark.parametrize("shape,tile,P,S", [((37,), (16,), 0, 3), ((5, 7), (4, 4), 3, 2),

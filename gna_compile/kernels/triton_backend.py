@@ -3,6 +3,9 @@
 Runs on natural-order tensors: the kernel gathers Q/K/V rows and scatters O rows by tile
 coordinates itself, so no permutation pass is needed here (``gna_attention_permuted`` is the
 entry point for already permuted tensors). Tiles come from the simulator per problem.
+Supported: CUDA sm80+, float16/bfloat16, head dims 32/64/128 (q, k, v equal), GQA. On the CPU
+it runs only under TRITON_INTERPRET=1 with GNA_TRITON_ON_CPU=1 (tests; float32 allowed), so
+backend="auto" keeps the reference there.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
             return f"GPU compute capability {major}.{minor} < 8.0"
         if q.dtype not in _GPU_DTYPES:
             return f"dtype {q.dtype} (the kernel takes float16/bfloat16)"
-    elif not (_interpret() and q.device.type == "cpu"):
-        return f"device {q.device.type} (needs CUDA, or TRITON_INTERPRET=1 on the CPU)"
+    elif not (_interpret() and q.device.type == "cpu" and os.environ.get("GNA_TRITON_ON_CPU") == "1"):
+        # The interpreter is for tests: opt in, so "auto" keeps the reference on the CPU.
+        return f"device {q.device.type} (needs CUDA, or TRITON_INTERPRET=1 and GNA_TRITON_ON_CPU=1 on the CPU)"
     elif q.dtype not in (*_GPU_DTYPES, torch.float32):
         return f"dtype {q.dtype} (the kernel takes float16/bfloat16; float32 in interpret mode)"
     if not (k.dtype == v.dtype == q.dtype):
