@@ -7,12 +7,15 @@ windows can reach (the box) and the sub-range that every query of the tile sees 
 mask at all; the rest of the box (at most three sub-boxes, each with one dim split in two
 intervals) runs with element masks. No block-mask tensors, no index lists.
 
-The kernel reads Q/K/V and writes O/LSE either in tiled (permuted) order, or straight in
-natural row-major order (``NAT``): with pointer loads a KV tile is BN rows of D contiguous
-elements either way, so gathering the rows costs nothing and saves the permutation passes.
-Extra (non-grid) tokens: grid queries also walk the extra keys densely (tail masked); extra
-queries run densely over all keys in programs scheduled first (they are the longest).
-Softmax is online, fp32, in base 2 (log2(e) folded into the scale); LSE is natural-log fp32.
+The kernel reads Q/K/V and writes O/LSE either in tiled (permuted) order, K/V through TMA
+descriptors (a KV tile is one contiguous [BN, D] block), or straight in natural row-major
+order (``NAT``) with pointer loads: a KV tile is then a few runs of whole D-rows, so gathering
+costs about the same (measured within noise on the H100) and saves the permutation passes.
+Extra (non-grid) tokens: grid queries also walk the extra keys (whole tiles unmasked, tails
+masked); extra-token queries are programs of their own, scheduled first (they are the longest),
+that run the same loops with the whole grid as their box. Softmax is online, fp32, base 2
+(log2(e) folded into the scale); LSE is natural-log fp32. No warp specialisation by default.
+Measurements and tuning history: benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
