@@ -55,7 +55,8 @@ def _to(kw, dev, dt):
 
 
 def main():
-    dev, dt = torch.device("cuda"), torch.bfloat16
+    dev = torch.device(os.environ.get("SMOKE_DEVICE", "cuda"))
+    dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     for build in (flux, hunyuan, cosmos):
         torch.manual_seed(0)
         m, kw, policy = build()
