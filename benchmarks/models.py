@@ -82,15 +82,15 @@ def _kernel_shares(fn, dev):
 
 
 def _variants(args, model):
-    """(name, factory of the callable, context) in run order; factories compile lazily."""
+    """Variants in run order; factories compile lazily."""
     policy = paper_policy(args.model, args.size)
     gna = lambda hoist: torch.compile(model, backend=gna_compile.backend(policy=policy, hoist_permutations=hoist))
-    return [
-        ("eager dense (SDPA)", lambda: model, None),
-        ("compile default (dense)", lambda: torch.compile(model), None),
-        ("gna", lambda: gna(True), None),
-        ("gna in dense_attention()", None, gna_compile.dense_attention),  # same compiled model
-        ("gna, no hoisting", lambda: gna(False), None),
+    return [  # (short key for --variants, name, factory, context)
+        ("eager", "eager dense (SDPA)", lambda: model, None),
+        ("compile", "compile default (dense)", lambda: torch.compile(model), None),
+        ("gna", "gna", lambda: gna(True), None),
+        ("gna-dense", "gna in dense_attention()", None, gna_compile.dense_attention),  # same model
+        ("gna-nohoist", "gna, no hoisting", lambda: gna(False), None),
     ]
 
 
@@ -102,9 +102,12 @@ def run(args) -> dict:
     print(f"# {CASES[args.model].name} ({args.size}), {dtype}, device: "
           f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}",
           flush=True)
-    rows, fn = [], None
+    rows, fn, outputs = [], None, {}
+    wanted = None if not args.variants else {v.strip() for v in args.variants.split(",")}
     with torch.inference_mode():
-        for name, factory, ctx in _variants(args, model):
+        for key, name, factory, ctx in _variants(args, model):
+            if wanted is not None and key not in wanted:
+                continue
             if factory is not None:  # a new compiled variant: start from a clean Dynamo cache
                 torch._dynamo.reset()
                 fn = factory()
@@ -120,9 +123,19 @@ def run(args) -> dict:
                 ms = _time_ms(call, dev, args.reps)
                 attn, perm = _kernel_shares(call, dev)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+                outputs[name] = fn(**inputs)[0].float()
             rows.append(dict(variant=name, ms=ms, compile_s=max(0.0, first - ms / 1e3),
                              attn_share=attn, perm_share=perm, peak_gib=peak))
             print(f"  {name}: {ms:.1f} ms (first call {first:.1f} s)", flush=True)
+            if args.json:  # keep partial results if a later variant runs out of time
+                with open(args.json, "w") as f:
+                    json.dump(dict(model=args.model, size=args.size, rows=rows), f, indent=1)
+    if "gna" in outputs and "gna, no hoisting" in outputs:  # hoisting must not change results
+        a, b = outputs["gna"], outputs["gna, no hoisting"]
+        print(f"  check: |gna - gna without hoisting| / |.| = {((a - b).norm() / b.norm()).item():.2e}")
+    if "gna in dense_attention()" in outputs and "eager dense (SDPA)" in outputs:
+        a, b = outputs["gna in dense_attention()"], outputs["eager dense (SDPA)"]
+        print(f"  check: |gna in dense mode - eager dense| / |.| = {((a - b).norm() / b.norm()).item():.2e}")
     schedule = CASES[args.model].paper_schedule
     schedule = (args.steps or schedule[0], schedule[1] if args.dense_steps is None else args.dense_steps)
     return dict(model=args.model, size=args.size, rows=rows, schedule=schedule)
@@ -130,15 +143,19 @@ def run(args) -> dict:
 
 def report(res) -> str:
     rows = res["rows"]
-    dense = min(r["ms"] for r in rows if "dense" in r["variant"] and "gna" not in r["variant"])
+    dense = min((r["ms"] for r in rows if "dense" in r["variant"] and "gna" not in r["variant"]),
+                default=None)
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
     out = [f"{'variant':<26} {'ms':>10} {'vs best dense':>13} {'attention':>9} {'permute':>8} "
            f"{'compile s':>9} {'peak GiB':>8}"]
     for r in rows:
-        out.append(f"{r['variant']:<26} {r['ms']:>10.1f} {dense / r['ms']:>12.2f}x {pct(r['attn_share']):>9} "
+        vs = "-" if dense is None else f"{dense / r['ms']:.2f}x"
+        out.append(f"{r['variant']:<26} {r['ms']:>10.1f} {vs:>13} {pct(r['attn_share']):>9} "
                    f"{pct(r['perm_share']):>8} {r['compile_s']:>9.1f} "
                    f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>8}")
     by = {r["variant"]: r["ms"] for r in rows}
+    if dense is None:
+        return "\n".join(out)
     steps, dense_steps = res["schedule"]
     if "gna" in by and "gna in dense_attention()" in by:
         hybrid = dense_steps * by["gna in dense_attention()"] + (steps - dense_steps) * by["gna"]
@@ -156,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--checkpoint", default=None, help="local diffusers checkpoint dir (default: random weights)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of eager,compile,gna,gna-dense,gna-nohoist (gna-dense needs gna)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's schedule in zoo.py)")
     p.add_argument("--dense-steps", type=int, default=None, help="first steps run dense (hybrid schedule)")
     args = p.parse_args(argv)
