@@ -501,7 +501,7 @@ def choose_tiles(spec, extra_prefix: int = 0, extra_suffix: int = 0):
         return _TILE_CACHE[key]
     try:
         qt, kt, _ = _sim_choose(spec, extra_prefix, extra_suffix)
-    except ImportError:
+    except (ImportError, ValueError):  # simulator missing or without a supported tiling
         qt, kt, _ = _local_choose(spec, extra_prefix + extra_suffix)
     _TILE_CACHE[key] = (qt, kt)
     return qt, kt
@@ -621,7 +621,8 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
                 BM=BM, BN=BN, D=D, C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
                 NAT=bool(natural), KM_GRID=bool(key_mask is not None and key_mask_grid),
                 HAS_KM=key_mask is not None, HAS_EXTRA_KV=(P + S) > 0, HAS_EXTRA_Q=(P + S) > 0)
-    use_tma = (not natural) and tma and k.is_contiguous() and v.is_contiguous()
+    use_tma = ((not natural) and tma and k.is_contiguous() and v.is_contiguous()
+               and B * Hkv * N < 2 ** 31)  # TMA coordinates are int32
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
         desc_k = TensorDescriptor(k, shape=[B * Hkv * N, D], strides=[D, 1], block_shape=[BN, D])
