@@ -144,13 +144,14 @@ def test_backend_and_permuted_entry_point(monkeypatch):
 def test_backend_refuses_unsupported(monkeypatch):
     from gna_compile.kernels.triton_backend import why_not
     monkeypatch.setenv("GNA_TRITON_ON_CPU", "1")
-    spec = make_spec((8,), 4)
-    q = torch.randn(1, 1, 8, 48, device=DEV, dtype=DTYPES[0])
+    spec = make_spec((16,), 4)
+    q = torch.randn(1, 1, 16, 48, device=DEV, dtype=DTYPES[0])
     assert "head dim" in why_not(q, q, q, spec, 0, 0, None, None)
-    q = torch.randn(1, 1, 8, 32, device=DEV, dtype=torch.float64)
+    q = torch.randn(1, 1, 16, 32, device=DEV, dtype=torch.float64)
     assert "dtype" in why_not(q, q, q, spec, 0, 0, None, None)
-    q = torch.randn(1, 1, 8, 32, device=DEV, dtype=DTYPES[0])
+    q = torch.randn(1, 1, 16, 32, device=DEV, dtype=DTYPES[0])
     assert why_not(q, q, q, spec, 0, 0, None, None) is None
+    assert "too small" in why_not(q[:, :, :5], q[:, :, :5], q[:, :, :5], make_spec((5,), 2), 0, 0, None, None)
     if not CUDA:  # without the opt-in, "auto" must keep the reference on the CPU
         monkeypatch.delenv("GNA_TRITON_ON_CPU")
         assert "GNA_TRITON_ON_CPU" in why_not(q, q, q, spec, 0, 0, None, None)

@@ -54,6 +54,11 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
         return f"head dims q/k/v = {D}/{k.shape[-1]}/{v.shape[-1]} (need equal, one of {SUPPORTED_HEAD_DIMS})"
     if q.shape[1] % k.shape[1]:
         return f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
+    try:
+        from .triton_gna import choose_tiles
+        choose_tiles(spec, extra_prefix, extra_suffix)
+    except ValueError as e:
+        return str(e)
     return None
 
 

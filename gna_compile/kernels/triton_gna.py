@@ -471,17 +471,17 @@ def _candidate_q_tiles(shape, block_m):
     return out
 
 
-def _sim_choose(spec, extra_prefix, extra_suffix):
+def _sim_choose(spec, extra_prefix, extra_suffix, sizes=(128, 64)):
     """Tile choice by NATTENSim (gna_compile.sim) over the tile pairs this kernel supports."""
     from ..sim import candidate_tiles, simulate
     best = None
-    for qt, kt in candidate_tiles(spec.shape, sizes=(128, 64)):
+    for qt, kt in candidate_tiles(spec.shape, sizes=sizes):
         bm, bn = math.prod(qt), math.prod(kt)
-        if bm not in (64, 128) or bn not in (64, 128) or not _contiguous_sub(qt, kt):
+        if bm not in sizes or bn not in sizes or not _contiguous_sub(qt, kt):
             continue
         r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt,
                      extra_prefix, extra_suffix, mask_penalty=PARTIAL_PENALTY)
-        speed = r.tile_speedup_with_extras / (SMALL_M_PENALTY if bm == 64 else 1.0)
+        speed = r.tile_speedup_with_extras / (SMALL_M_PENALTY * 128 / bm if bm < 128 else 1.0)
         key = (-round(speed, 9), -bm, -bn)
         if best is None or key < best[0]:
             best = (key, qt, kt, r)
@@ -499,19 +499,30 @@ def choose_tiles(spec, extra_prefix: int = 0, extra_suffix: int = 0):
     key = (tuple(spec.dims()), extra_prefix, extra_suffix)
     if key in _TILE_CACHE:
         return _TILE_CACHE[key]
-    try:
-        qt, kt, _ = _sim_choose(spec, extra_prefix, extra_suffix)
-    except (ImportError, ValueError):  # simulator missing or without a supported tiling
-        qt, kt, _ = _local_choose(spec, extra_prefix + extra_suffix)
+    # 64/128-token tiles (the fast ones); 16/32 only for grids too small for those.
+    for sizes in ((128, 64), (32, 16)):
+        try:
+            qt, kt, _ = _sim_choose(spec, extra_prefix, extra_suffix, sizes)
+            break
+        except ImportError:  # simulator missing: same count, local code
+            try:
+                qt, kt, _ = _local_choose(spec, extra_prefix + extra_suffix, sizes)
+                break
+            except ValueError:
+                continue
+        except ValueError:
+            continue
+    else:
+        raise ValueError(f"grid {spec.shape} is too small for the kernel's tiles (16..128 tokens)")
     _TILE_CACHE[key] = (qt, kt)
     return qt, kt
 
 
-def _local_choose(spec, extra_tokens: int = 0):
+def _local_choose(spec, extra_tokens: int = 0, sizes=(128, 64)):
     best = None
-    for bm in (128, 64):
+    for bm in sizes:
         for qt in _candidate_q_tiles(spec.shape, bm):
-            for bn in (128, 64):
+            for bn in sizes:
                 if bn > bm:
                     continue
                 kt = kv_tiles_for(qt, bn)
@@ -521,11 +532,13 @@ def _local_choose(spec, extra_tokens: int = 0):
                 pad_q = nq * bm
                 cost = (full + (vis - full) * PARTIAL_PENALTY) * bm * bn / 128 ** 2
                 cost += pad_q * extra_tokens / 128 ** 2
-                if bm == 64:
-                    cost *= SMALL_M_PENALTY
+                if bm < 128:
+                    cost *= SMALL_M_PENALTY * 128 / bm
                 key = (cost, -bm, -bn)
                 if best is None or key < best[0]:
                     best = (key, qt, kt, cost)
+    if best is None:
+        raise ValueError(f"grid {spec.shape} is too small for the kernel's tiles (16..128 tokens)")
     return best[1], best[2], best[3]
 
 
