@@ -41,7 +41,7 @@ def _fast_permute():
 def _permute_impl(x, shape, tile, extra_prefix, extra_suffix, inverse):
     mod = _fast_permute() if x.is_cuda else None
     name = "unpermute_tokens_triton" if inverse else "permute_tokens_triton"
-    if mod is not None and hasattr(mod, name):
+    if mod is not None and mod.supports(x):
         return getattr(mod, name)(x, shape, tile, extra_prefix, extra_suffix)
     fn = unpermute_tokens if inverse else permute_tokens
     out = fn(x, shape, tile, extra_prefix, extra_suffix).contiguous()

@@ -64,6 +64,12 @@ def _geometry(shape, tile):
     return shape3, tile3, pshape, nt
 
 
+def supports(x: torch.Tensor) -> bool:
+    """The kernel moves rows of a power-of-two width >= 16 (anything else: torch fallback)."""
+    D = x.shape[-1]
+    return x.is_cuda and x.dim() >= 2 and D >= 16 and not D & (D - 1)
+
+
 def _launch(x, y, shape, tile, P, S, inverse):
     shape3, tile3, pshape, nt = _geometry(shape, tile)
     D = x.shape[-1]
