@@ -81,10 +81,16 @@ def _kernel_shares(fn, dev):
     return (attn / total if total else None), (perm / total if total else None)
 
 
+_BACKENDS = {}  # hoist flag -> the gna backend object (for its rewrite/hoisting records)
+
+
 def _variants(args, model):
     """Variants in run order; factories compile lazily."""
     policy = paper_policy(args.model, args.size)
-    gna = lambda hoist: torch.compile(model, backend=gna_compile.backend(policy=policy, hoist_permutations=hoist))
+    def gna(hoist):
+        be = gna_compile.backend(policy=policy, hoist_permutations=hoist)
+        _BACKENDS[hoist] = be
+        return torch.compile(model, backend=be)
     return [  # (short key for --variants, name, factory, context)
         ("eager", "eager dense (SDPA)", lambda: model, None),
         ("compile", "compile default (dense)", lambda: torch.compile(model), None),
@@ -128,6 +134,10 @@ def run(args) -> dict:
             rows.append(dict(variant=name, ms=ms, compile_s=max(0.0, first - ms / 1e3),
                              attn_share=attn, perm_share=perm, peak_gib=peak))
             print(f"  {name}: {ms:.1f} ms (first call {first:.1f} s)", flush=True)
+            if factory is not None and name.startswith("gna"):
+                be = _BACKENDS[name == "gna"]
+                print(f"    {len(be.rewritten)} of {len(be.records)} attention calls rewritten; "
+                      + "; ".join(str(r).replace("\n", " |") for r in be.hoist_results), flush=True)
             if args.json:  # keep partial results if a later variant runs out of time
                 with open(args.json, "w") as f:
                     json.dump(dict(model=args.model, size=args.size, rows=rows), f, indent=1)
