@@ -29,13 +29,14 @@ class GNABackend:
 
     ``records`` collects one :class:`CallRecord` per attention call of every graph compiled so
     far (what ``explain()`` prints); ``inner`` is ``"inductor"`` (default), ``"aot_eager"``,
-    ``"eager"`` or a backend callable. ``hoist_permutations=True`` runs the permutation
-    hoisting pass after the rewrite (results in ``hoist_results``).
+    ``"eager"`` or a backend callable. ``hoist_permutations`` (default on) runs the permutation
+    hoisting pass after the rewrite (results in ``hoist_results``); it is skipped for graphs
+    compiled with gradients on, since the tiled-layout ops are inference-only.
     """
 
     def __init__(self, policy: Optional[Policy] = None,
                  inner: Union[str, Callable] = "inductor", rewrite: bool = True,
-                 hoist_permutations: bool = False):
+                 hoist_permutations: bool = True):
         if policy is None:
             policy = Policy()
         if not isinstance(policy, Policy):
@@ -51,7 +52,9 @@ class GNABackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
         records = run_passes(gm, self.policy, do_rewrite=self.do_rewrite)
         self.records.extend(records)
-        if self.hoist and self.do_rewrite and any(r.rewritten for r in records):
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
+        if self.hoist and self.do_rewrite and not needs_grad and any(r.rewritten for r in records):
             from .passes.hoist_permutations import hoist_permutations
             res = hoist_permutations(gm)
             self.hoist_results.append(res)
@@ -78,7 +81,7 @@ class GNABackend:
 
 
 def backend(policy: Optional[Policy] = None, inner: Union[str, Callable] = "inductor",
-            hoist_permutations: bool = False):
+            hoist_permutations: bool = True):
     """A configured ``gna`` backend: ``torch.compile(model, backend=gna_compile.backend(policy))``.
 
     Passed uncalled (``backend=gna_compile.backend``), Dynamo calls it with ``(gm,

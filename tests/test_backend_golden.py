@@ -11,7 +11,8 @@ from backend_models import BiasViT, FluxLike, VideoBlock, ViT, graph_code
 
 def compile_graph(model, *args, policy, dynamic=False):
     torch._dynamo.reset()
-    be = gna_compile.backend(policy, inner="eager")
+    # The rewrite itself; permutation hoisting has its own golden test (test_hoist_models.py).
+    be = gna_compile.backend(policy, inner="eager", hoist_permutations=False)
     with torch.no_grad():
         torch.compile(model, backend=be, fullgraph=True, dynamic=dynamic)(*args)
     assert len(be.graphs) == 1

@@ -198,12 +198,13 @@ def _shrink(region: _Region) -> None:
                 continue  # moving one entry down one op only pays when it lets entries merge
             if any((node, u) in region.exits for u in node.users):
                 continue
+            new_entries = {(node, u): backward(u, region.td[u], node) for u in users}
+            if not all(isinstance(t, TokenDim) for t in new_entries.values()):
+                continue  # a user that does not see the token dim here: keep the node
             del region.td[node]
             for a in fed:
                 del region.entries[(a, node)]
-            for u in node.users:
-                if u in region.td:
-                    region.entries[(node, u)] = backward(u, region.td[u], node)
+            region.entries.update(new_entries)
             changed = True
 
 
