@@ -90,23 +90,22 @@ def _launch(x, y, shape, tile, P, S, inverse):
     return y
 
 
+def _run(x, shape, tile, extra_prefix, extra_suffix, inverse):
+    shape3, _, pshape, _ = _geometry(shape, tile)
+    n_in, n_out = (math.prod(pshape), math.prod(shape3)) if inverse else (math.prod(shape3), math.prod(pshape))
+    N = x.shape[-2]
+    if N != extra_prefix + n_in + extra_suffix:
+        raise ValueError(f"token dim has {N} tokens, expected {extra_prefix} + {n_in} + {extra_suffix}")
+    y = torch.empty(*x.shape[:-2], extra_prefix + n_out + extra_suffix, x.shape[-1],
+                    dtype=x.dtype, device=x.device)
+    return _launch(x, y, shape, tile, extra_prefix, extra_suffix, inverse)
+
+
 def permute_tokens_triton(x: torch.Tensor, shape, tile, extra_prefix: int = 0, extra_suffix: int = 0):
     """Triton version of :func:`gna_compile.kernels.permute.permute_tokens` (same output)."""
-    shape3, tile3, pshape, nt = _geometry(shape, tile)
-    N = x.shape[-2]
-    if N != extra_prefix + math.prod(shape3) + extra_suffix:
-        raise ValueError(f"token dim has {N} tokens, expected {extra_prefix} + {math.prod(shape3)} + {extra_suffix}")
-    y = torch.empty(*x.shape[:-2], extra_prefix + math.prod(pshape) + extra_suffix, x.shape[-1],
-                    dtype=x.dtype, device=x.device)
-    return _launch(x, y, shape, tile, extra_prefix, extra_suffix, False)
+    return _run(x, shape, tile, extra_prefix, extra_suffix, inverse=False)
 
 
 def unpermute_tokens_triton(x: torch.Tensor, shape, tile, extra_prefix: int = 0, extra_suffix: int = 0):
     """Triton version of :func:`gna_compile.kernels.permute.unpermute_tokens` (drops padding)."""
-    shape3, tile3, pshape, nt = _geometry(shape, tile)
-    N = x.shape[-2]
-    if N != extra_prefix + math.prod(pshape) + extra_suffix:
-        raise ValueError(f"token dim has {N} tokens, expected {extra_prefix} + {math.prod(pshape)} + {extra_suffix}")
-    y = torch.empty(*x.shape[:-2], extra_prefix + math.prod(shape3) + extra_suffix, x.shape[-1],
-                    dtype=x.dtype, device=x.device)
-    return _launch(x, y, shape, tile, extra_prefix, extra_suffix, True)
+    return _run(x, shape, tile, extra_prefix, extra_suffix, inverse=True)
