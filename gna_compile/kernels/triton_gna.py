@@ -432,9 +432,9 @@ def _dim_stats(n, w, s, d, c, tq, tk):
     return vis, full
 
 
-# A masked (partial) tile visit costs ~this many full 128x128 visits: measured on the H100
-# from flux_s1 (1.8) and hunyuan_s1 (1.5) against the block-sparse runs (benchmarks/NOTES.md).
-PARTIAL_PENALTY = 1.6
+# Cost of a masked (partial) tile visit in full visits: one measured value, kept in the simulator.
+from ..sim.penalty import MASK_PENALTY as PARTIAL_PENALTY  # noqa: E402
+
 SMALL_M_PENALTY = 1.15  # BM=64 tiles use the tensor cores less well on Hopper
 
 
