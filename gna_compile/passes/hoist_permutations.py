@@ -100,8 +100,6 @@ class _Region:
             return [(a[x], td) for x in ("q", "k", "v")]
         if isinstance(td, tuple) or op_name(node) in SPLITS:
             return [(node.args[0], None)]  # reached forward from its input only
-        if op_name(node) == "getitem" and isinstance(td, tuple):
-            return []
         return [(a, backward(node, td, a)) for a in node.all_input_nodes]
 
     def _visit(self, node, queue):
@@ -119,7 +117,7 @@ class _Region:
         for u in node.users:
             if u.op == "output" or u in self.td or op_name(u) in _META_OPS:
                 continue
-            if any(is_mutation(x) for x in (u,)):
+            if is_mutation(u):
                 self.error = f"in-place op {u.name} touches the region"
                 return
             if isinstance(td, tuple):  # users of a split: getitem(tuple, i)
@@ -222,7 +220,8 @@ def _emit_permute(graph, x: Node, td: TokenDim, key, inverse: bool) -> Node:
     return graph.call_function(torch.movedim, (y, -2, td.dim)) if moved else y
 
 
-def _rewrite(gm: GraphModule, region: _Region, key) -> tuple[int, int]:
+def _rewrite(gm: GraphModule, region: _Region, key) -> int:
+    """Insert the boundary permutes, switch the calls to the tiled op; returns permutes made."""
     graph = gm.graph
     made = {}
     for (a, node), td in region.entries.items():
@@ -255,7 +254,7 @@ def _rewrite(gm: GraphModule, region: _Region, key) -> tuple[int, int]:
                         u = _emit_permute(graph, a, region.td[a], key, inverse=True)
                     node.replace_input_with(a, u)
                     made[("U", a, "out")] = u
-    return len(made), 0
+    return len(made)
 
 
 def hoist_permutations(gm: GraphModule) -> HoistResult:
@@ -285,7 +284,7 @@ def hoist_permutations(gm: GraphModule) -> HoistResult:
             res.skipped += [(s.name, err) for s in seeds]
             continue
         claimed |= set(region.td)
-        made, _ = _rewrite(gm, region, key)
+        made = _rewrite(gm, region, key)
         res.regions += 1
         res.calls += len(seeds)
         res.permutes += made

@@ -203,7 +203,8 @@ def _split_forward(node, ins, td: TokenDim):
 
 
 def _index_plan(idx, rank):
-    """Basic indexing only: list of (input dim or None, index) in output order of evaluation."""
+    """Basic indexing only: the index expanded to one entry per input dim (None entries add
+    an output dim), or None for advanced indexing."""
     idx = idx if isinstance(idx, tuple) else (idx,)
     if any(isinstance(i, (Node, list, torch.Tensor)) for i in idx) or list(idx).count(Ellipsis) > 1:
         return None
@@ -215,26 +216,33 @@ def _index_plan(idx, rank):
     return expanded
 
 
-def _getitem_forward(node, ins, td: TokenDim):
-    plan = _index_plan(node.args[1], len(ins))
-    if plan is None:
-        return None
+def _dim_map(plan):
+    """(input dim, output dim or None where an int index removes it, index) per input dim."""
     out_dim = in_dim = 0
     for i in plan:
         if i is None:
             out_dim += 1
             continue
-        if in_dim == td.dim:
-            if isinstance(i, int) or not isinstance(i, slice):
-                return None
-            start, stop, step = i.indices(ins[in_dim])
-            if step != 1:
-                return None
-            piece = _slice_piece(start, stop, td, ins[in_dim])
-            return piece if not isinstance(piece, TokenDim) else TokenDim(out_dim, piece.pre, piece.suf)
+        yield in_dim, (None if isinstance(i, int) else out_dim), i
         if not isinstance(i, int):
             out_dim += 1
         in_dim += 1
+
+
+def _getitem_forward(node, ins, td: TokenDim):
+    plan = _index_plan(node.args[1], len(ins))
+    if plan is None:
+        return None
+    for in_dim, out_dim, i in _dim_map(plan):
+        if in_dim != td.dim:
+            continue
+        if out_dim is None or not isinstance(i, slice):
+            return None
+        start, stop, step = i.indices(ins[in_dim])
+        if step != 1:
+            return None
+        piece = _slice_piece(start, stop, td, ins[in_dim])
+        return piece if not isinstance(piece, TokenDim) else TokenDim(out_dim, piece.pre, piece.suf)
     return None
 
 
@@ -298,19 +306,12 @@ def _getitem_backward(node, td: TokenDim, inp, ins):
     plan = _index_plan(node.args[1], len(ins))
     if plan is None:
         return None
-    out_dim = in_dim = 0
-    for i in plan:
-        if i is None:
-            out_dim += 1
-            continue
+    for in_dim, out_dim, i in _dim_map(plan):
         if out_dim == td.dim and isinstance(i, slice):
             start, stop, step = i.indices(ins[in_dim])
             if step != 1:
                 return None
             return TokenDim(in_dim, start + td.pre, ins[in_dim] - stop + td.suf)
-        if not isinstance(i, int):
-            out_dim += 1
-        in_dim += 1
     return None
 
 
