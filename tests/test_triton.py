@@ -15,6 +15,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
 from gna_compile.kernels.dispatch import KeyMask  # noqa: E402
@@ -41,6 +42,7 @@ CASES = {
     "3d_stride_pad": ((4, 5, 6), (2, 3, 4), (1, 2, 3), 1, False, (2, 4, 4), (1, 4, 4), 0, 0, 2, 2, 32),
     "1d_extras_full_and_tails": ((40,), 8, 2, 1, False, (16,), (16,), 20, 37, 2, 2, 32),
     "2d_d64_prefix": ((8, 16), (4, 8), (4, 8), 1, False, (4, 8), (4, 8), 16, 0, 1, 1, 64),
+    "3d_full_box_3x3x3": ((8, 8, 16), (7, 7, 13), 1, 1, False, (4, 2, 4), (2, 2, 4), 0, 0, 1, 1, 32),
 }
 
 
@@ -69,12 +71,12 @@ def _check(out, lse, ref_out, ref_lse, dtype, rows=None):
     assert lerr < ltol, f"lse error {lerr:.2e} >= {ltol}"
 
 
-def _launch(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=True):
+def _launch(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=True, config=None):
     B, H, N, D = q.shape
     out = torch.full((B, H, N, D), float("nan"), dtype=q.dtype, device=q.device)
     lse = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=q.device)
     return triton_gna.gna_forward(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=natural,
-                                  out=out, lse=lse)
+                                  out=out, lse=lse, config=config)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -86,6 +88,45 @@ def test_kernel_matches_reference(name):
     scale = 0.7 / math.sqrt(D)
     out, lse = _launch(q, k, v, spec, qt, kt, P, S, scale, None, False)
     _check(out, lse, *_ref(q, k, v, spec, P, S, scale, None), dtype)
+
+
+@pytest.mark.parametrize("fma_exp", [1, 2])
+@pytest.mark.parametrize("name", ["1d_block_sparse", "2d_d64_prefix", "1d_extras_full_and_tails"])
+@pytest.mark.parametrize("natural", [True, False])
+def test_fma_exp_variant_matches_reference(name, fma_exp, natural):
+    """Exponentials partly on the FMA pipe (launch config field 4): same results in 16 bits."""
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv, D = CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    q, k, v = _inputs(spec, P, S, H, Hkv, D, dtype)
+    if not natural:
+        q, k, v = (permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
+    out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False, natural, config=(4, 2, 0, fma_exp))
+    if not natural:
+        out = unpermute_tokens(out, spec.shape, qt, P, S)
+        lse = unpermute_tokens(lse[..., None], spec.shape, qt, P, S)[..., 0]
+        q, k, v = (unpermute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
+    _check(out, lse, *_ref(q, k, v, spec, P, S, None, None), dtype)
+
+
+@triton.jit
+def _exp2_fma_probe(X, Y, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(Y + offs, triton_gna._exp2_fma(tl.load(X + offs)))
+
+
+def test_exp2_fma_accuracy():
+    """The cubic 2**x: relative error < 1e-4 wherever the result is a normal float, a finite
+    non-negative ~0 below that (never a wrapped exponent), exact powers of two stay close."""
+    x = torch.cat([torch.linspace(-140.0, 0.0, 4000), -torch.rand(96) * 3, torch.tensor([-126.0, -0.0, -1.0, -0.5])])
+    x = x[:4096].contiguous().to(DEV)
+    y = torch.empty_like(x)
+    _exp2_fma_probe[(1,)](x, y, N=4096)
+    ref = torch.exp2(x.double())
+    ok = x >= -125.0
+    rel = ((y.double() - ref) / ref)[ok].abs().max().item()
+    assert rel < 1e-4, rel
+    assert torch.isfinite(y).all() and (y >= 0).all() and (y[~ok] < 1e-37).all()
 
 
 def test_cases_cover_full_and_partial_tiles():

@@ -117,18 +117,53 @@ def _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P,
 
 
 @triton.jit
-def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale, mask,
-          MASKED: tl.constexpr, desc_k, desc_v, row0, TMA: tl.constexpr):
-    """One KV tile of online softmax in base 2. MASKED: ``mask`` [BM, BN] (or [1, BN]) hides
-    scores, and rows < 0 in ``kv_rows`` are not loaded (keys outside the tensor/grid)."""
+def _load_tile(base, rows, stride, offs_d, desc, row0, MASKED: tl.constexpr, TMA: tl.constexpr):
+    """[BN, D] rows of K or V: a TMA block, or pointer loads (rows < 0 read as 0 if MASKED)."""
     if TMA:
-        k = desc_k.load([row0, 0])
+        x = desc.load([row0, 0])
     elif MASKED:
-        kv_ok = kv_rows >= 0
-        k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
+        x = tl.load(base + rows[:, None] * stride + offs_d[None, :], mask=(rows >= 0)[:, None], other=0.0)
     else:
-        k = tl.load(k_base + kv_rows[:, None] * skn + offs_d[None, :])
-    qk = tl.dot(q, tl.trans(k))
+        x = tl.load(base + rows[:, None] * stride + offs_d[None, :])
+    return x
+
+
+@triton.jit
+def _exp2_fma(x):
+    """2**x for x <= 0 on the FMA pipe (no MUFU): round-to-nearest by the 1.5 * 2**23 trick,
+    a cubic for 2**f on [-0.5, 0.5] (relative error 8e-5, far below bf16/fp16 rounding of P),
+    and the integer part added to the exponent bits. x is clamped at -126 so the exponent
+    never wraps (the result is then ~1e-38, i.e. 0 for the softmax)."""
+    x = tl.maximum(x, -126.0)
+    s = x + 12582912.0
+    f = x - (s - 12582912.0)
+    p = ((0.05508877 * f + 0.24260466) * f + 0.69327628) * f + 0.9999289
+    bits = p.to(tl.int32, bitcast=True) + (s.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_split(x, BM: tl.constexpr, BN: tl.constexpr, QUARTER: tl.constexpr):
+    """2**x with every other column (QUARTER: every other column of every other 8-row group)
+    on the FMA pipe: the special-function unit (16 exp/clk/SM on Hopper) is the softmax's
+    bottleneck; these splits follow the MMA accumulator layout (a thread holds column pairs
+    of rows r and r + 8), so they move no data."""
+    xa, xb = tl.split(tl.reshape(x, [BM, BN // 2, 2]))
+    if QUARTER:
+        xb = tl.permute(tl.reshape(xb, [BM // 16, 2, 8, BN // 2]), (0, 2, 3, 1))
+        xb0, xb1 = tl.split(xb)
+        pb = tl.join(tl.exp2(xb0), _exp2_fma(xb1))
+        pb = tl.reshape(tl.permute(pb, (0, 3, 1, 2)), [BM, BN // 2])
+    else:
+        pb = _exp2_fma(xb)
+    return tl.reshape(tl.join(tl.exp2(xa), pb), [BM, BN])
+
+
+@triton.jit
+def _softmax(l_i, m_i, qk, qk_scale, mask, MASKED: tl.constexpr, FMA_EXP: tl.constexpr = 0):
+    """Online softmax (base 2) of one tile of raw scores: (P, row rescale, new l, new m).
+    FMA_EXP: 1 = half, 2 = a quarter of the exponentials of an unmasked tile by _exp2_fma
+    (16-bit inputs only)."""
     if MASKED:
         qk = tl.where(mask, qk * qk_scale, NEG_INF)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -137,18 +172,27 @@ def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale,
     else:
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = m_new
-        p = tl.exp2(qk * qk_scale - m_use[:, None])
+        if FMA_EXP:
+            p = _exp2_split(qk * qk_scale - m_use[:, None], qk.shape[0], qk.shape[1], FMA_EXP == 2)
+        else:
+            p = tl.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if TMA:
-        v = desc_v.load([row0, 0])
-    elif MASKED:
-        v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :], mask=kv_ok[:, None], other=0.0)
-    else:
-        v = tl.load(v_base + kv_rows[:, None] * svn + offs_d[None, :])
+    return p, alpha, l_i, m_new
+
+
+@triton.jit
+def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale, mask,
+          MASKED: tl.constexpr, desc_k, desc_v, row0, TMA: tl.constexpr, FMA_EXP: tl.constexpr = 0):
+    """One KV tile of online softmax in base 2. MASKED: ``mask`` [BM, BN] (or [1, BN]) hides
+    scores, and rows < 0 in ``kv_rows`` are not loaded (keys outside the tensor/grid)."""
+    k = _load_tile(k_base, kv_rows, skn, offs_d, desc_k, row0, MASKED, TMA)
+    qk = tl.dot(q, tl.trans(k))
+    p, alpha, l_i, m_i = _softmax(l_i, m_i, qk, qk_scale, mask, MASKED, FMA_EXP)
+    v = _load_tile(v_base, kv_rows, svn, offs_d, desc_v, row0, MASKED, TMA)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, l_i, m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -162,7 +206,8 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
              C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
              NAT: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
              HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr,
-             TMA: tl.constexpr, RANK: tl.constexpr, XFULL: tl.constexpr):
+             TMA: tl.constexpr, RANK: tl.constexpr, XFULL: tl.constexpr,
+             FMA_EXP: tl.constexpr = 0):
     """Grid queries: the Q tile's GNA box; extra queries (first programs): the whole grid as
     the box with whole-grid windows. Then two loops: full KV tiles (no mask), and partial
     KV tiles followed by the extra-token KV tiles (masked)."""
@@ -260,22 +305,25 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
     ef0 = fh0 - fl0 + 1
     ef1 = fh1 - fl1 + 1
     ef2 = fh2 - fl2 + 1
-    ef1s = tl.maximum(ef1, 1)
-    ef2s = tl.maximum(ef2, 1)
     n_gfull = ef0 * ef1 * ef2
     if XFULL:
         # Whole extra-token KV tiles need no mask either (no key mask, no tail).
         n_xpf = P // BN
         n_xfull = n_xpf + S // BN
     else:
+        n_xpf = 0
         n_xfull = 0
-    for t in tl.range(0, n_gfull + n_xfull, warp_specialize=WS):
-        c2 = fl2 + t % ef2s
-        c1 = fl1 + (t // ef2s) % ef1s
-        c0 = fl0 + t // (ef1s * ef2s)
+    n_full = n_gfull + n_xfull
+    # The full box is walked with an odometer (c0, c1, c2): no integer division in the loop
+    # (a division costs a MUFU.RCP, the unit the softmax's exponentials already saturate).
+    c0 = fl0
+    c1 = fl1
+    c2 = fl2
+    for t in tl.range(0, n_full, warp_specialize=WS):
         row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
         rows = row0 + kv_local
         if XFULL:
+            # Then whole extra-token tiles: prefix, suffix.
             j = t - n_gfull
             is_x = j >= 0
             row0 = tl.where(is_x, tl.where(j < n_xpf, j * BN, P + NG + (j - n_xpf) * BN), row0)
@@ -287,7 +335,14 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
                                   kmok[None, :], True, desc_k, desc_v, head_row + row0, TMA)
         else:
             acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  None, False, desc_k, desc_v, head_row + row0, TMA)
+                                  None, False, desc_k, desc_v, head_row + row0, TMA, FMA_EXP)
+        c2 += 1
+        wrap2 = c2 > fh2
+        c2 = tl.where(wrap2, fl2, c2)
+        c1 = tl.where(wrap2, c1 + 1, c1)
+        wrap1 = c1 > fh1
+        c1 = tl.where(wrap1, fl1, c1)
+        c0 = tl.where(wrap1, c0 + 1, c0)
 
     # ---- partial KV tiles, then extra-token KV tiles. Box minus full box = A (dim0 outside
     # F0) + B (F0 x dim1 outside F1) + C (F0 x F1 x dim2 outside F2); the split dim of a piece
@@ -559,7 +614,9 @@ def predicted_speedup(spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0):
 _CONFIG_CACHE: dict = {}
 _LAST_KERNEL: list = [None]  # compiled handle of the last launch (registers, spills, smem)
 _TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
-# (num_warps, num_stages, warp_specialize) tried per Q-tile size. Warp specialisation (only
+# (num_warps, num_stages, warp_specialize[, fma_exp]) tried per Q-tile size; fma_exp 1/2 puts
+# 1/2 or 1/4 of the unmasked tiles' exponentials on the FMA pipe (_exp2_split), unmeasured on
+# the GPU yet, so not in the defaults (try: GNA_TRITON_CONFIGS="8,3,0,0;8,3,0,1;8,3,0,2"). Warp specialisation (only
 # ever on the unmasked loop) gained <= 1% on the H100 (benchmarks/NOTES.md): off by default.
 # 2-CTA/SM configs (BN=64, fewer stages) were all slower than one CTA with 3 stages.
 _DEFAULT_CONFIGS = {128: [(8, 3, False), (8, 2, False)],
@@ -567,7 +624,7 @@ _DEFAULT_CONFIGS = {128: [(8, 3, False), (8, 2, False)],
 
 
 def _configs(BM):
-    env = os.environ.get("GNA_TRITON_CONFIGS")  # e.g. "8,3,0;4,3,1" for experiments
+    env = os.environ.get("GNA_TRITON_CONFIGS")  # e.g. "8,3,0;4,3,1;8,3,0,2" for experiments
     if env:
         return [tuple(int(x) for x in c.split(",")) for c in env.split(";")]
     return _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64]
@@ -577,13 +634,9 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, scale=None,
-                key_mask=None, key_mask_grid=False, natural=True, out=None, lse=None,
-                config=None, tma=None):
-    """Launch the kernel. ``natural``: tensors in natural token order, else tiled order with
-    padding (``permute_tokens`` layout). ``key_mask``: int8/bool ``[B, N]`` in the same layout
-    as the tensors; applied to extra keys, and to grid keys when ``key_mask_grid``.
-    Returns ``(out, lse)`` in the same layout."""
+def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, key_mask,
+                key_mask_grid, natural, out, lse, tma=None):
+    """Checked ``(grid, args, meta)`` of one launch (also used to compile offline)."""
     B, H, N, D = q.shape
     Hkv = k.shape[1]
     if D not in SUPPORTED_HEAD_DIMS or v.shape[-1] != D:
@@ -618,10 +671,6 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     scale = D ** -0.5 if scale is None else scale
     if tma is None:
         tma = os.environ.get("GNA_TRITON_TMA", "1") == "1"
-    if out is None:
-        out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
-    if lse is None:
-        lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
     if key_mask is not None:
         km = key_mask.to(torch.int8) if key_mask.dtype == torch.bool else key_mask
         if km.shape != (B, N) or km.stride(-1) != 1:
@@ -651,15 +700,38 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
             lse.stride(0), lse.stride(1), km.stride(0),
             H // Hkv, P, S, NG, nt[1], nt[2], n_extra_tiles,
             *shape3, *win3, *str3, *dil3, scale * LOG2E)
+    return grid, args, meta
+
+
+def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, scale=None,
+                key_mask=None, key_mask_grid=False, natural=True, out=None, lse=None,
+                config=None, tma=None):
+    """Launch the kernel. ``natural``: tensors in natural token order, else tiled order with
+    padding (``permute_tokens`` layout). ``key_mask``: int8/bool ``[B, N]`` in the same layout
+    as the tensors; applied to extra keys, and to grid keys when ``key_mask_grid``.
+    Returns ``(out, lse)`` in the same layout."""
+    B, H, N, D = q.shape
+    Hkv = k.shape[1]
+    if out is None:
+        out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
+                                   key_mask, key_mask_grid, natural, out, lse, tma)
+    BM = meta["BM"]
+    P, S = extra_prefix, extra_suffix
+
+    sixteen_bit = q.dtype in (torch.float16, torch.bfloat16)
 
     def launch(cfg):
-        nw, ns, ws = (tuple(cfg) + (False,))[:3]
-        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), num_warps=nw, num_stages=ns)
+        nw, ns, ws, fx = (tuple(cfg) + (False, 0, 0))[:4]
+        fx = int(fx) if sixteen_bit else 0  # the cubic exp is only accurate enough for 16-bit P
+        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, num_warps=nw, num_stages=ns)
         _LAST_KERNEL[0] = k_
 
     if config is None and not _interpret():
         key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
-               bool(natural), use_tma, meta["HAS_KM"], meta["KM_GRID"], torch.cuda.get_device_name(q.device))
+               bool(natural), meta["TMA"], meta["HAS_KM"], meta["KM_GRID"], torch.cuda.get_device_name(q.device))
         config = _CONFIG_CACHE.get(key)
         if config is None:
             config = _autotune(launch, BM, out)

@@ -1,0 +1,90 @@
+"""Device experiment: the softmax-exponential variants of the GNA kernel, checked and timed.
+
+The H100's special-function unit (16 exp2/clk/SM) bounds the softmax of a 128x128 tile; the
+``fma_exp`` launch-config field moves 1/2 (1) or 1/4 (2) of the unmasked tiles' exponentials
+to the FMA pipe (triton_gna._exp2_split). SASS read offline (tools/sm90_compile.py) shows no
+spills and no extra shuffles; only the GPU can say whether it is faster. For each case and
+variant: relative error against the reference on two heads (a wrong variant is not timed),
+then the median of 3 rotated rounds of do_bench, tiled (permuted) and natural-order I/O.
+
+    python tools/gpu/exp_variants.py [--cases flux_s16,...] [--out DIR]
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
+import math  # noqa: E402
+
+import torch  # noqa: E402
+
+import kernels as kb  # noqa: E402  (benchmarks/kernels.py: cases, timing, errors)
+from gna_compile.config import make_spec  # noqa: E402
+from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels.permute import unpermute_tokens  # noqa: E402
+from gna_compile.kernels.reference import reference_attention  # noqa: E402
+from gna_compile.kernels.triton_permute import permute_tokens_triton  # noqa: E402
+
+VARIANTS = (0, 1, 2)
+
+
+def run(name, cfg):
+    shape, window, stride, P = cfg
+    spec = make_spec(shape, window, stride)
+    N = P + spec.num_tokens
+    qt, kt = triton_gna.choose_tiles(spec, P, 0)
+    H, D = kb.H, kb.D
+    q, k, v = (torch.randn(1, H, N, D, device="cuda", dtype=kb.DTYPE) for _ in range(3))
+    qp, kp, vp = (permute_tokens_triton(t, shape, qt, P, 0) for t in (q, k, v))
+    base = (8, 3, 0) if math.prod(qt) == 128 else (4, 2, 0)
+    hs = slice(0, 2)
+    ref_o, _ = reference_attention(q[:, hs].float(), k[:, hs].float(), v[:, hs].float(), spec, P, 0, None)
+    fns, res = {}, dict(case=name, q_tile=qt, kv_tile=kt, base_config=base)
+    for fx in VARIANTS:
+        c = base + (fx,)
+        for nat in (False, True):
+            a = (q, k, v) if nat else (qp, kp, vp)
+            fn = (lambda a=a, c=c, nat=nat:  # noqa: E731
+                  triton_gna.gna_forward(*a, spec, qt, kt, P, 0, None, natural=nat, config=c))
+            o, _ = fn()
+            o = o if nat else unpermute_tokens(o, shape, qt, P, 0)
+            key = f"fx{fx}_{'nat' if nat else 'perm'}"
+            res[f"err_{key}"] = err = kb.rel_err(o[:, hs], ref_o)
+            kk = triton_gna._LAST_KERNEL[0]
+            res[f"regs_{key}"] = getattr(kk, "n_regs", None)
+            res[f"spills_{key}"] = getattr(kk, "n_spills", None)
+            fns[f"{key}_ms"] = fn if err < 2e-2 else None
+    res.update(kb.bench_rounds(fns, 3))
+    res["tflops_best"] = kb.attended_pairs(spec, P) * H * 4 * D / (
+        min(v_ for k_, v_ in res.items() if k_.endswith("_ms") and v_ == v_) * 1e-3) / 1e12
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="flux_s16,hunyuan_s16x8x8,cosmos_bs90,flux_s16_text512,flux_s1")
+    ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    a = ap.parse_args()
+    allc = kb.cases()
+    rows = []
+    print(f"# {torch.cuda.get_device_name()}; torch {torch.__version__}; "
+          f"triton {__import__('triton').__version__}", flush=True)
+    hdr = f"{'case':<18}{'tiles':>14} " + " ".join(f"{f'fx{x}-{l}':>10}" for x in VARIANTS for l in ("perm", "nat"))
+    for name in a.cases.split(","):
+        r = run(name, allc[name])
+        rows.append(r)
+        print("# " + json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+    print(hdr)
+    for r in rows:
+        tiles = "x".join(map(str, r["q_tile"])) + "/" + "x".join(map(str, r["kv_tile"]))
+        print(f"{r['case']:<18}{tiles:>14} " + " ".join(
+            f"{r[f'fx{x}_{l}_ms']:10.3f}" for x in VARIANTS for l in ("perm", "nat")))
+    if a.out:
+        with open(os.path.join(a.out, "exp_variants.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

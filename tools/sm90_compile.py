@@ -1,0 +1,133 @@
+"""Compile the GNA kernel for Hopper (sm_90a) on a machine without a GPU, and read the result.
+
+Device time is scarce; registers, spills, shared memory and the instruction mix of a variant
+can be read off the compiled SASS without one. Triton is driven through a stand-in driver that
+reports an sm_90 target (nothing is launched). Prints one line per (case, variant, config):
+registers, spills, shared memory, and counts of MUFU.EX2 (exponentials on the special-function
+unit), HGMMA (wgmma) instructions and wgmma waits, plus where the waits sit in the unmasked
+loop. Use the Triton version the device has (3.6) for numbers that carry over:
+
+    python -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0 torch==2.13.0
+    /tmp/t36/bin/python tools/sm90_compile.py [--case flux_s16] [--sass out.sass]
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver as _driver  # noqa: E402
+
+from gna_compile.config import make_spec  # noqa: E402
+from gna_compile.kernels import triton_gna  # noqa: E402
+
+CASES = {  # name: (shape, window, stride, extra_prefix, q_tile, kv_tile)
+    "flux_s16": ((256, 256), 80, 16, 0, (8, 16), (8, 16)),
+    "flux_s1": ((256, 256), 80, 1, 0, (16, 8), (8, 8)),
+    "hunyuan_s16x8x8": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 0, (2, 8, 8), (2, 8, 8)),
+    "flux_s16_text512": ((256, 256), 80, 16, 512, (8, 16), (8, 16)),
+}
+
+
+class _Sm90Driver:
+    """Just enough of a Triton driver to compile (never to launch) for an H100."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def map_python_to_cpp_type(self, ty):
+        return ty
+
+
+def compile_case(name, natural=False, config=(8, 3, False), variant=None):
+    shape, w, s, P, qt, kt = CASES[name]
+    spec = make_spec(shape, w, s)
+    H, D = 2, 128
+    NG = spec.num_tokens if natural else _padded(spec.shape, qt)
+    N = P + NG
+    # Tiny storage is enough: nothing runs. Strides/shapes are those of the real problem.
+    q, k, v, o = (torch.empty(1, H, N, D, dtype=torch.bfloat16) for _ in range(4))
+    lse = torch.empty(1, H, N, dtype=torch.float32)
+    grid, args, meta = triton_gna.launch_args(q, k, v, spec, qt, kt, P, 0, None, None, False,
+                                              natural, o, lse)
+    meta.update(variant or {})
+    nw, ns, ws = config
+    return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns)
+
+
+def _padded(shape, tile):
+    n = 1
+    for a, t in zip(shape, tile):
+        n *= -(-a // t) * t
+    return n
+
+
+def _cubin_tool(kernel, tool, *flags) -> str:
+    exe = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        return subprocess.run([exe, *flags, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def sass_of(kernel) -> str:
+    return _cubin_tool(kernel, "nvdisasm", "-c")
+
+
+def resources(kernel) -> dict:
+    """Registers and spill bytes from cuobjdump (the kernel is never loaded, so Triton's
+    n_regs/n_spills are not filled in)."""
+    txt = _cubin_tool(kernel, "cuobjdump", "--dump-resource-usage")
+    reg = re.search(r"REG:(\d+)", txt)
+    stack = re.search(r"STACK:(\d+)", txt)
+    spill = re.findall(r"(\d+) bytes spill (?:stores|loads)", txt)
+    return dict(regs=int(reg.group(1)) if reg else -1, stack=int(stack.group(1)) if stack else -1,
+                spill_bytes=sum(int(x) for x in spill))
+
+
+def summarize(kernel) -> dict:
+    sass = sass_of(kernel)
+    ptx = kernel.asm["ptx"]
+    count = lambda pat, txt=sass: len(re.findall(pat, txt))  # noqa: E731
+    return dict(**resources(kernel), smem=kernel.metadata.shared,
+                ex2=count(r"MUFU\.EX2"), hgmma=count(r"HGMMA"), wgmma_wait=count(r"wgmma\.wait_group", ptx),
+                ffma=count(r"\bFFMA\b"), sass_lines=sass.count("\n"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", action="append", help=f"one of {sorted(CASES)} (default: all)")
+    ap.add_argument("--natural", action="store_true", help="natural-order I/O instead of tiled")
+    ap.add_argument("--config", default="8,3,0", help="num_warps,num_stages,warp_specialize")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra kernel constexpr, e.g. PIPE=1 (repeatable)")
+    ap.add_argument("--sass", help="write the SASS of the last compiled kernel here")
+    ap.add_argument("--ptx", help="write the PTX of the last compiled kernel here")
+    a = ap.parse_args()
+    _driver.set_active(_Sm90Driver())
+    cfg = tuple(int(x) for x in a.config.split(","))
+    variant = {k: int(v) for k, v in (x.split("=") for x in a.variant)}
+    kernel = None
+    print(f"triton {triton.__version__}, target sm_90a, config {cfg}, {'natural' if a.natural else 'tiled'} I/O")
+    for name in a.case or list(CASES):
+        kernel = compile_case(name, a.natural, cfg, variant)
+        print(f"{name:18} " + "  ".join(f"{k} {v}" for k, v in summarize(kernel).items()), flush=True)
+    if a.sass and kernel is not None:
+        open(a.sass, "w").write(sass_of(kernel))
+    if a.ptx and kernel is not None:
+        open(a.ptx, "w").write(kernel.asm["ptx"])
+
+
+if __name__ == "__main__":
+    main()
