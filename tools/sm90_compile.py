@@ -3,7 +3,7 @@
 Device time is scarce; registers, spills, shared memory and the instruction mix of a variant
 can be read off the compiled SASS without one. Triton is driven through a stand-in driver that
 reports an sm_90 target (nothing is launched). Prints one line per (case, variant, config):
-registers, spills, shared memory, and counts of MUFU.EX2 (exponentials on the special-function
+registers, stack, spill instructions (STL/LDL), shared memory, and counts of MUFU.EX2 (exponentials on the special-function
 unit), HGMMA (wgmma) instructions and wgmma waits, plus where the waits sit in the unmasked
 loop. Use the Triton version the device has (3.6) for numbers that carry over:
 
@@ -86,21 +86,19 @@ def sass_of(kernel) -> str:
 
 
 def resources(kernel) -> dict:
-    """Registers and spill bytes from cuobjdump (the kernel is never loaded, so Triton's
-    n_regs/n_spills are not filled in)."""
+    """Registers and stack bytes from cuobjdump (the kernel is never loaded, so Triton's
+    n_regs/n_spills are not filled in); spills are counted as STL/LDL in the SASS."""
     txt = _cubin_tool(kernel, "cuobjdump", "--dump-resource-usage")
     reg = re.search(r"REG:(\d+)", txt)
     stack = re.search(r"STACK:(\d+)", txt)
-    spill = re.findall(r"(\d+) bytes spill (?:stores|loads)", txt)
-    return dict(regs=int(reg.group(1)) if reg else -1, stack=int(stack.group(1)) if stack else -1,
-                spill_bytes=sum(int(x) for x in spill))
+    return dict(regs=int(reg.group(1)) if reg else -1, stack=int(stack.group(1)) if stack else -1)
 
 
 def summarize(kernel) -> dict:
     sass = sass_of(kernel)
     ptx = kernel.asm["ptx"]
     count = lambda pat, txt=sass: len(re.findall(pat, txt))  # noqa: E731
-    return dict(**resources(kernel), smem=kernel.metadata.shared,
+    return dict(**resources(kernel), spill_insts=count(r"\b(?:STL|LDL)\b"), smem=kernel.metadata.shared,
                 ex2=count(r"MUFU\.EX2"), hgmma=count(r"HGMMA"), wgmma_wait=count(r"wgmma\.wait_group", ptx),
                 ffma=count(r"\bFFMA\b"), sass_lines=sass.count("\n"))
 
