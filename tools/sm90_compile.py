@@ -11,6 +11,7 @@ loop. Use the Triton version the device has (3.6) for numbers that carry over:
     /tmp/t36/bin/python tools/sm90_compile.py [--case flux_s16] [--sass out.sass]
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -63,7 +64,8 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None):
                                               natural, o, lse)
     meta.update(variant or {})
     nw, ns, ws = config
-    return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns)
+    return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns,
+                                          enable_fp_fusion=True)
 
 
 def _padded(shape, tile):
@@ -94,13 +96,35 @@ def resources(kernel) -> dict:
     return dict(regs=int(reg.group(1)) if reg else -1, stack=int(stack.group(1)) if stack else -1)
 
 
+def loops(sass: str) -> list:
+    """SASS text of each innermost loop: a label to a later branch back to it, holding no
+    other such range."""
+    lines = sass.splitlines()
+    where, spans = {}, []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\.L_x_\d+):", line.strip())
+        if m:
+            where[m.group(1)] = i
+        b = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
+        if b and b.group(1) in where:
+            spans.append((where[b.group(1)], i))
+    inner = [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+    return ["\n".join(lines[a:b + 1]) for a, b in inner]
+
+
 def summarize(kernel) -> dict:
     sass = sass_of(kernel)
     ptx = kernel.asm["ptx"]
     count = lambda pat, txt=sass: len(re.findall(pat, txt))  # noqa: E731
+    body = [x for x in loops(sass) if "HGMMA" in x]  # the attention loops (not spin-waits)
     return dict(**resources(kernel), spill_insts=count(r"\b(?:STL|LDL)\b"), smem=kernel.metadata.shared,
                 ex2=count(r"MUFU\.EX2"), hgmma=count(r"HGMMA"), wgmma_wait=count(r"wgmma\.wait_group", ptx),
-                ffma=count(r"\bFFMA\b"), sass_lines=sass.count("\n"))
+                ffma=count(r"\bFFMA\b"), sass_lines=sass.count("\n"),
+                loop_ex2=[count(r"MUFU\.EX2", b) for b in body],
+                loop_insts=[len(re.findall(r"^\s+/\*[0-9a-f]+\*/", b, re.M)) for b in body],
+                loop_spills=sum(count(r"\b(?:STL|LDL)\b", b) for b in body),
+                loop_shfl=sum(count(r"\bSHFL\b", b) for b in body),
+                loop_lds_sts=sum(count(r"\b(?:LDS|STS)(?:\.\w+)*\b", b) for b in body))
 
 
 def main():
@@ -109,18 +133,24 @@ def main():
     ap.add_argument("--natural", action="store_true", help="natural-order I/O instead of tiled")
     ap.add_argument("--config", default="8,3,0", help="num_warps,num_stages,warp_specialize")
     ap.add_argument("--variant", action="append", default=[],
-                    help="extra kernel constexpr, e.g. PIPE=1 (repeatable)")
+                    help="extra kernel constexpr, e.g. FMA_EXP=2 (repeatable)")
     ap.add_argument("--sass", help="write the SASS of the last compiled kernel here")
     ap.add_argument("--ptx", help="write the PTX of the last compiled kernel here")
+    ap.add_argument("--json", help="write the summaries ({case: summary}) to this file")
     a = ap.parse_args()
     _driver.set_active(_Sm90Driver())
     cfg = tuple(int(x) for x in a.config.split(","))
     variant = {k: int(v) for k, v in (x.split("=") for x in a.variant)}
     kernel = None
     print(f"triton {triton.__version__}, target sm_90a, config {cfg}, {'natural' if a.natural else 'tiled'} I/O")
+    results = {}
     for name in a.case or list(CASES):
         kernel = compile_case(name, a.natural, cfg, variant)
-        print(f"{name:18} " + "  ".join(f"{k} {v}" for k, v in summarize(kernel).items()), flush=True)
+        results[name] = summarize(kernel)
+        print(f"{name:18} " + "  ".join(f"{k} {v}" for k, v in results[name].items()), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
     if a.sass and kernel is not None:
         open(a.sass, "w").write(sass_of(kernel))
     if a.ptx and kernel is not None:

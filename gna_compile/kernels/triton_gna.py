@@ -726,7 +726,8 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     def launch(cfg):
         nw, ns, ws, fx = (tuple(cfg) + (False, 0, 0))[:4]
         fx = int(fx) if sixteen_bit else 0  # the cubic exp is only accurate enough for 16-bit P
-        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, num_warps=nw, num_stages=ns)
+        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, num_warps=nw, num_stages=ns,
+                            enable_fp_fusion=True)
         _LAST_KERNEL[0] = k_
 
     if config is None and not _interpret():
