@@ -3,8 +3,8 @@
 Interpret mode checks the kernel's arithmetic but not what the compiler makes of it; these
 checks read the SASS (tools/sm90_compile.py, in a subprocess with interpretation off) and fail
 on the regressions that cost speed silently: register spills or shared-memory round trips in
-the attention loops, a shared-memory footprint over the H100's 227 KB, or an exponential split
-that does not take effect.
+the attention loops, a shared-memory footprint over the H100's 227 KB, or a softmax variant
+(exponential split, frozen row max) that does not take effect.
 """
 
 import json
@@ -50,6 +50,15 @@ def test_fma_exp_quarter_moves_16_exponentials_per_thread(tiled, tmp_path):
     assert r["loop_ex2"][0] == tiled["loop_ex2"][0] - 16, (r["loop_ex2"], tiled["loop_ex2"])
     assert r["loop_ex2"][1] == tiled["loop_ex2"][1], "the masked loop must keep MUFU exponentials"
     assert r["loop_spills"] == 0 and r["loop_lds_sts"] == 0 and r["loop_shfl"] == tiled["loop_shfl"], r
+
+
+def test_frozen_max_loop_has_no_max_and_no_rescale(tiled, tmp_path):
+    """STALE: the unmasked loop does exactly one exponential per score (no rescale factor) and
+    loses the row-max reductions; the exact loop (the rare redo) and the masked loop remain."""
+    r = _compile(tmp_path, "--variant", "STALE=1")
+    assert len(r["loop_ex2"]) == 3 and r["loop_ex2"][0] == 64, r["loop_ex2"]
+    assert r["loop_insts"][0] < 0.8 * tiled["loop_insts"][0], (r["loop_insts"], tiled["loop_insts"])
+    assert r["loop_spills"] == 0 and r["loop_lds_sts"] == 0 and r["smem"] == tiled["smem"], r
 
 
 def test_natural_order_kernel_has_no_spills_in_loops(tmp_path):

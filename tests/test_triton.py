@@ -90,23 +90,44 @@ def test_kernel_matches_reference(name):
     _check(out, lse, *_ref(q, k, v, spec, P, S, scale, None), dtype)
 
 
-@pytest.mark.parametrize("fma_exp", [1, 2])
-@pytest.mark.parametrize("name", ["1d_block_sparse", "2d_d64_prefix", "1d_extras_full_and_tails"])
+@pytest.mark.parametrize("fma_exp,stale", [(1, 0), (2, 0), (0, 1), (2, 1)])
+@pytest.mark.parametrize("name", ["1d_block_sparse", "2d_d64_prefix", "1d_extras_full_and_tails",
+                                  "3d_full_box_2x2x2"])
 @pytest.mark.parametrize("natural", [True, False])
-def test_fma_exp_variant_matches_reference(name, fma_exp, natural):
-    """Exponentials partly on the FMA pipe (launch config field 4): same results in 16 bits."""
+def test_softmax_variants_match_reference(name, fma_exp, stale, natural):
+    """Launch-config fields 4 (exponentials partly on the FMA pipe) and 5 (frozen row max in
+    the unmasked loop): same results in 16 bits."""
     shape, w, s, d, c, qt, kt, P, S, H, Hkv, D = CASES[name]
     spec = make_spec(shape, w, s, d, c)
     dtype = torch.bfloat16 if CUDA else torch.float16
     q, k, v = _inputs(spec, P, S, H, Hkv, D, dtype)
     if not natural:
         q, k, v = (permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
-    out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False, natural, config=(4, 2, 0, fma_exp))
+    out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False, natural, config=(4, 2, 0, fma_exp, stale))
     if not natural:
         out = unpermute_tokens(out, spec.shape, qt, P, S)
         lse = unpermute_tokens(lse[..., None], spec.shape, qt, P, S)[..., 0]
         q, k, v = (unpermute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, None), dtype)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's exp2 overflow before the redo
+@pytest.mark.parametrize("gap", [20.0, 300.0])
+def test_frozen_max_falls_back_when_a_later_score_is_far_above(gap):
+    """Frozen row max: the first full tile's keys score 0, a later tile's score ``gap`` (log2
+    units) above. 20 stays on the frozen path (P up to 2**20); 300 would overflow to inf, so
+    the Q tile must be redone with the exact online softmax."""
+    spec = make_spec((64,), 48, 16)
+    H, D, dtype = 2, 32, DTYPES[0]
+    q = torch.ones(1, H, 64, D)
+    k = torch.randn(1, H, 64, D) * 0.01
+    k[:, :, 40:48] = 1.0  # in every Q tile's box (tiles 0-2 or 1-3), never its first tile
+    k[:, :, :16] = 0.0
+    scale = gap / (D * 1.4426950408889634)  # q.k = D on the hot keys -> gap in log2 units
+    v = torch.randn(1, H, 64, D)
+    q, k, v = (t.to(DEV, dtype) for t in (q, k, v))
+    out, lse = _launch(q, k, v, spec, (16,), (16,), 0, 0, scale, None, False, True, config=(4, 2, 0, 0, 1))
+    _check(out, lse, *_ref(q, k, v, spec, 0, 0, scale, None), dtype)
 
 
 @triton.jit

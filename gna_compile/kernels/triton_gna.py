@@ -132,9 +132,10 @@ def _load_tile(base, rows, stride, offs_d, desc, row0, MASKED: tl.constexpr, TMA
 def _exp2_fma(x):
     """2**x for x <= 0 on the FMA pipe (no MUFU): round-to-nearest by the 1.5 * 2**23 trick,
     a cubic for 2**f on [-0.5, 0.5] (relative error 8e-5, far below bf16/fp16 rounding of P),
-    and the integer part added to the exponent bits. x is clamped at -126 so the exponent
-    never wraps (the result is then ~1e-38, i.e. 0 for the softmax)."""
-    x = tl.maximum(x, -126.0)
+    and the integer part added to the exponent bits. x is clamped to [-126, 127] so the
+    exponent never wraps (below: ~1e-38, i.e. 0 for the softmax; above: 2**127, which the
+    frozen-max check of _gna_fwd catches)."""
+    x = tl.minimum(tl.maximum(x, -126.0), 127.0)
     s = x + 12582912.0
     f = x - (s - 12582912.0)
     p = ((0.05508877 * f + 0.24260466) * f + 0.69327628) * f + 0.9999289
@@ -160,6 +161,16 @@ def _exp2_split(x, BM: tl.constexpr, BN: tl.constexpr, QUARTER: tl.constexpr):
 
 
 @triton.jit
+def _exp2_any(x, FMA_EXP: tl.constexpr):
+    """2**x on the MUFU (FMA_EXP=0) or partly on the FMA pipe (1: half, 2: a quarter)."""
+    if FMA_EXP:
+        p = _exp2_split(x, x.shape[0], x.shape[1], FMA_EXP == 2)
+    else:
+        p = tl.exp2(x)
+    return p
+
+
+@triton.jit
 def _softmax(l_i, m_i, qk, qk_scale, mask, MASKED: tl.constexpr, FMA_EXP: tl.constexpr = 0):
     """Online softmax (base 2) of one tile of raw scores: (P, row rescale, new l, new m).
     FMA_EXP: 1 = half, 2 = a quarter of the exponentials of an unmasked tile by _exp2_fma
@@ -172,10 +183,7 @@ def _softmax(l_i, m_i, qk, qk_scale, mask, MASKED: tl.constexpr, FMA_EXP: tl.con
     else:
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = m_new
-        if FMA_EXP:
-            p = _exp2_split(qk * qk_scale - m_use[:, None], qk.shape[0], qk.shape[1], FMA_EXP == 2)
-        else:
-            p = tl.exp2(qk * qk_scale - m_use[:, None])
+        p = _exp2_any(qk * qk_scale - m_use[:, None], FMA_EXP)
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     return p, alpha, l_i, m_new
@@ -183,15 +191,65 @@ def _softmax(l_i, m_i, qk, qk_scale, mask, MASKED: tl.constexpr, FMA_EXP: tl.con
 
 @triton.jit
 def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale, mask,
-          MASKED: tl.constexpr, desc_k, desc_v, row0, TMA: tl.constexpr, FMA_EXP: tl.constexpr = 0):
+          MASKED: tl.constexpr, desc_k, desc_v, row0, TMA: tl.constexpr, FMA_EXP: tl.constexpr = 0,
+          STALE: tl.constexpr = False):
     """One KV tile of online softmax in base 2. MASKED: ``mask`` [BM, BN] (or [1, BN]) hides
-    scores, and rows < 0 in ``kv_rows`` are not loaded (keys outside the tensor/grid)."""
+    scores, and rows < 0 in ``kv_rows`` are not loaded (keys outside the tensor/grid).
+    STALE (unmasked only): the row max m_i is frozen: no max, no rescale of acc; P may
+    exceed 1, which the caller checks."""
     k = _load_tile(k_base, kv_rows, skn, offs_d, desc_k, row0, MASKED, TMA)
     qk = tl.dot(q, tl.trans(k))
-    p, alpha, l_i, m_i = _softmax(l_i, m_i, qk, qk_scale, mask, MASKED, FMA_EXP)
+    if STALE:
+        p = _exp2_any(qk * qk_scale - m_i[:, None], FMA_EXP)
+        l_i = l_i + tl.sum(p, 1)
+    else:
+        p, alpha, l_i, m_i = _softmax(l_i, m_i, qk, qk_scale, mask, MASKED, FMA_EXP)
+        acc = acc * alpha[:, None]
     v = _load_tile(v_base, kv_rows, svn, offs_d, desc_v, row0, MASKED, TMA)
-    acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _full_loop(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2,
+               n1, n2, NT1, NT2, P, NG, kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d,
+               qk_scale, desc_k, desc_v, head_row,
+               TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
+               TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, NAT: tl.constexpr, XFULL: tl.constexpr,
+               KM_GRID: tl.constexpr, TMA: tl.constexpr, FMA_EXP: tl.constexpr, WS: tl.constexpr,
+               STALE: tl.constexpr):
+    """The full KV tiles of the box (no mask), then whole extra-token tiles (XFULL). The box
+    is walked with an odometer (c0, c1, c2): no integer division in the loop (a division
+    costs a MUFU.RCP, the unit the softmax's exponentials already saturate). STALE: m_i is
+    frozen (see _step)."""
+    c0 = fl0
+    c1 = fl1
+    c2 = fl2
+    for t in tl.range(0, n_full, warp_specialize=WS):
+        row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
+        rows = row0 + kv_local
+        if XFULL:
+            # Then whole extra-token tiles: prefix, suffix.
+            j = t - n_gfull
+            is_x = j >= 0
+            row0 = tl.where(is_x, tl.where(j < n_xpf, j * BN, P + NG + (j - n_xpf) * BN), row0)
+            rows = tl.where(is_x, row0 + offs_n, rows)
+        if KM_GRID:
+            kmok = tl.load(km_base + rows) != 0
+            rows = tl.where(kmok, rows, -1)
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                  kmok[None, :], True, desc_k, desc_v, head_row + row0, TMA)
+        else:
+            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
+                                  None, False, desc_k, desc_v, head_row + row0, TMA, FMA_EXP, STALE)
+        c2 += 1
+        wrap2 = c2 > fh2
+        c2 = tl.where(wrap2, fl2, c2)
+        c1 = tl.where(wrap2, c1 + 1, c1)
+        wrap1 = c1 > fh1
+        c1 = tl.where(wrap1, fl1, c1)
+        c0 = tl.where(wrap1, c0 + 1, c0)
     return acc, l_i, m_i
 
 
@@ -207,7 +265,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
              NAT: tl.constexpr, KM_GRID: tl.constexpr, HAS_KM: tl.constexpr,
              HAS_EXTRA_KV: tl.constexpr, HAS_EXTRA_Q: tl.constexpr, WS: tl.constexpr,
              TMA: tl.constexpr, RANK: tl.constexpr, XFULL: tl.constexpr,
-             FMA_EXP: tl.constexpr = 0):
+             FMA_EXP: tl.constexpr = 0, STALE: tl.constexpr = False):
     """Grid queries: the Q tile's GNA box; extra queries (first programs): the whole grid as
     the box with whole-grid windows. Then two loops: full KV tiles (no mask), and partial
     KV tiles followed by the extra-token KV tiles (masked)."""
@@ -314,35 +372,39 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
         n_xpf = 0
         n_xfull = 0
     n_full = n_gfull + n_xfull
-    # The full box is walked with an odometer (c0, c1, c2): no integer division in the loop
-    # (a division costs a MUFU.RCP, the unit the softmax's exponentials already saturate).
-    c0 = fl0
-    c1 = fl1
-    c2 = fl2
-    for t in tl.range(0, n_full, warp_specialize=WS):
-        row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
-        rows = row0 + kv_local
-        if XFULL:
-            # Then whole extra-token tiles: prefix, suffix.
-            j = t - n_gfull
-            is_x = j >= 0
-            row0 = tl.where(is_x, tl.where(j < n_xpf, j * BN, P + NG + (j - n_xpf) * BN), row0)
-            rows = tl.where(is_x, row0 + offs_n, rows)
-        if KM_GRID:
-            kmok = tl.load(km_base + rows) != 0
-            rows = tl.where(kmok, rows, -1)
-            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  kmok[None, :], True, desc_k, desc_v, head_row + row0, TMA)
-        else:
-            acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
-                                  None, False, desc_k, desc_v, head_row + row0, TMA, FMA_EXP)
-        c2 += 1
-        wrap2 = c2 > fh2
-        c2 = tl.where(wrap2, fl2, c2)
-        c1 = tl.where(wrap2, c1 + 1, c1)
-        wrap1 = c1 > fh1
-        c1 = tl.where(wrap1, fl1, c1)
-        c0 = tl.where(wrap1, c0 + 1, c0)
+    if STALE and not KM_GRID:
+        # Frozen row max: m_i is the row max of the first full tile (one extra Q K^T), then
+        # the loop does no max and no rescale. A row whose sum reaches 2**64 (or NaN: a later
+        # score far above the frozen max) sends the Q tile through the exact loop again; below
+        # that, P and the sums are finite and as precise as with a running max. The first
+        # tile's keys are all attended, so the sum is >= 1; a sum under 2**-60 cannot happen
+        # and is treated as bad too (and so is n_full == 0, where the redo costs nothing).
+        if n_full > 0:
+            row0 = _tile_row(fl0, fl1, fl2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
+            if XFULL:
+                row0 = tl.where(n_gfull > 0, row0, tl.where(n_xpf > 0, 0, P + NG))
+            k = _load_tile(k_base, row0 + kv_local, skn, offs_d, desc_k, head_row + row0, False, TMA)
+            m_i = tl.max(tl.dot(q, tl.trans(k)), 1) * qk_scale
+        acc, l_i, m_i = _full_loop(
+            acc, l_i, m_i,
+            q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, KM_GRID, TMA, FMA_EXP, WS, True)
+        ok = (l_i < 18446744073709551616.0) & (l_i >= 8.673617379884035e-19)  # [2**-60, 2**64)
+        bad = tl.max((~ok).to(tl.int32), 0)
+        if bad > 0:
+            acc, l_i, m_i = _full_loop(
+                tl.zeros([BM, D], dtype=tl.float32), tl.zeros([BM], dtype=tl.float32),
+                tl.full([BM], NEG_INF, dtype=tl.float32),
+                q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+                k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+                TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, KM_GRID, TMA, FMA_EXP, WS, False)
+    else:
+        acc, l_i, m_i = _full_loop(
+            acc, l_i, m_i,
+            q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, KM_GRID, TMA, FMA_EXP, WS, False)
 
     # ---- partial KV tiles, then extra-token KV tiles. Box minus full box = A (dim0 outside
     # F0) + B (F0 x dim1 outside F1) + C (F0 x F1 x dim2 outside F2); the split dim of a piece
@@ -614,9 +676,10 @@ def predicted_speedup(spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0):
 _CONFIG_CACHE: dict = {}
 _LAST_KERNEL: list = [None]  # compiled handle of the last launch (registers, spills, smem)
 _TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
-# (num_warps, num_stages, warp_specialize[, fma_exp]) tried per Q-tile size; fma_exp 1/2 puts
-# 1/2 or 1/4 of the unmasked tiles' exponentials on the FMA pipe (_exp2_split), unmeasured on
-# the GPU yet, so not in the defaults (try: GNA_TRITON_CONFIGS="8,3,0,0;8,3,0,1;8,3,0,2"). Warp specialisation (only
+# (num_warps, num_stages, warp_specialize[, fma_exp[, stale]]) tried per Q-tile size; fma_exp
+# 1/2 puts 1/2 or 1/4 of the unmasked tiles' exponentials on the FMA pipe (_exp2_split);
+# stale freezes the row max in the unmasked loop (_step). Both unmeasured on the GPU yet, so
+# not in the defaults (try: GNA_TRITON_CONFIGS="8,3,0,0,0;8,3,0,2,0;8,3,0,0,1;8,3,0,2,1"). Warp specialisation (only
 # ever on the unmasked loop) gained <= 1% on the H100 (benchmarks/NOTES.md): off by default.
 # 2-CTA/SM configs (BN=64, fewer stages) were all slower than one CTA with 3 stages.
 _DEFAULT_CONFIGS = {128: [(8, 3, False), (8, 2, False)],
@@ -724,10 +787,10 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     sixteen_bit = q.dtype in (torch.float16, torch.bfloat16)
 
     def launch(cfg):
-        nw, ns, ws, fx = (tuple(cfg) + (False, 0, 0))[:4]
+        nw, ns, ws, fx, stale = (tuple(cfg) + (0, 0, 0))[:5]
         fx = int(fx) if sixteen_bit else 0  # the cubic exp is only accurate enough for 16-bit P
-        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, num_warps=nw, num_stages=ns,
-                            enable_fp_fusion=True)
+        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, STALE=bool(stale), num_warps=nw,
+                            num_stages=ns, enable_fp_fusion=True)
         _LAST_KERNEL[0] = k_
 
     if config is None and not _interpret():
