@@ -61,6 +61,17 @@ def test_frozen_max_loop_has_no_max_and_no_rescale(tiled, tmp_path):
     assert r["loop_spills"] == 0 and r["loop_lds_sts"] == 0 and r["smem"] == tiled["smem"], r
 
 
+def test_key_mask_kernel_fits_and_keeps_an_unmasked_loop(tiled, tmp_path):
+    """With a key mask on grid keys (HunyuanVideo's text padding) the kernel holds the unmasked
+    loop (for batches whose grid keys are all visible) next to the masked one; their stage
+    buffers must be shared, not added (two pipelined loops in the arms of an `if` needed
+    416 KB), and the unmasked loop must be as lean as the maskless kernel's."""
+    r = _compile(tmp_path, "--key-mask", "--no-tma")
+    assert r["smem"] <= H100_SMEM and r["loop_spills"] == 0, r
+    assert len(r["loop_insts"]) == 3, r["loop_insts"]
+    assert r["loop_insts"][0] <= 1.15 * tiled["loop_insts"][0] < r["loop_insts"][1], (r["loop_insts"], tiled["loop_insts"])
+
+
 def test_natural_order_kernel_has_no_spills_in_loops(tmp_path):
     r = _compile(tmp_path, "--natural")
     assert r["loop_spills"] == 0 and r["smem"] <= H100_SMEM, r

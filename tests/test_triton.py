@@ -71,12 +71,12 @@ def _check(out, lse, ref_out, ref_lse, dtype, rows=None):
     assert lerr < ltol, f"lse error {lerr:.2e} >= {ltol}"
 
 
-def _launch(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=True, config=None):
+def _launch(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=True, config=None, grid_visible=None):
     B, H, N, D = q.shape
     out = torch.full((B, H, N, D), float("nan"), dtype=q.dtype, device=q.device)
     lse = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=q.device)
     return triton_gna.gna_forward(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=natural,
-                                  out=out, lse=lse, config=config)
+                                  out=out, lse=lse, config=config, grid_visible=grid_visible)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -177,6 +177,37 @@ def test_key_mask(spatial):
     mask[1, P + spec.num_tokens:] = False  # batch 1: no extra key visible
     mask = mask.to(DEV)
     out, lse = _launch(q, k, v, spec, (2, 8), (2, 8), P, S, None, mask.to(torch.int8), spatial)
+    _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
+
+
+@pytest.mark.parametrize("natural,stale", [(True, 0), (False, 0), (False, 1)])
+def test_key_mask_that_hides_no_grid_key_takes_the_unmasked_loop(natural, stale):
+    """A mask that may hide grid keys (spatial=True) but, in batch 0, hides none: batch 0 runs
+    its full tiles unmasked (grid_visible), batch 1 (grid keys hidden) the masked loop; both
+    must equal the reference."""
+    shape, w, s, P, S = (4, 32), (3, 24), 1, 3, 21
+    spec = make_spec(shape, w, s)
+    dtype = DTYPES[0]
+    q, k, v = _inputs(spec, P, S, 1, 1, 32, dtype, B=2)
+    N = q.shape[2]
+    mask = torch.ones(2, N, dtype=torch.bool)
+    mask[0, N - 5:] = False  # batch 0: text padding only
+    mask[1] = torch.rand(N) > 0.3
+    mask = mask.to(DEV)
+    qt, kt = (2, 8), (2, 8)
+    cfg = (4, 2, 0, 0, stale)
+    if natural:
+        out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, mask.to(torch.int8), True, True, config=cfg)
+    else:
+        qp, kp, vp = (permute_tokens(t, shape, qt, P, S) for t in (q, k, v))
+        km = permute_tokens(mask.float()[..., None], shape, qt, P, S)[..., 0].to(torch.int8).contiguous()
+        visible = mask[:, P:P + spec.num_tokens].all(dim=1)
+        assert visible.tolist() == [True, False]
+        op, lp = _launch(qp, kp, vp, spec, qt, kt, P, S, None, km, True, False, config=cfg, grid_visible=visible)
+        out = unpermute_tokens(op, shape, qt, P, S)
+        lse = unpermute_tokens(lp[..., None], shape, qt, P, S)[..., 0]
+    vis, full, _, _ = triton_gna.tile_stats(spec, qt, kt)
+    assert full > 0
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
 

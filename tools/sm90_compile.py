@@ -51,7 +51,7 @@ class _Sm90Driver:
         return ty
 
 
-def compile_case(name, natural=False, config=(8, 3, False), variant=None):
+def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_mask=False, tma=True):
     shape, w, s, P, qt, kt = CASES[name]
     spec = make_spec(shape, w, s)
     H, D = 2, 128
@@ -60,8 +60,11 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None):
     # Tiny storage is enough: nothing runs. Strides/shapes are those of the real problem.
     q, k, v, o = (torch.empty(1, H, N, D, dtype=torch.bfloat16) for _ in range(4))
     lse = torch.empty(1, H, N, dtype=torch.float32)
-    grid, args, meta = triton_gna.launch_args(q, k, v, spec, qt, kt, P, 0, None, None, False,
-                                              natural, o, lse)
+    km = torch.ones(1, N, dtype=torch.int8) if key_mask else None
+    gv = torch.ones(1, dtype=torch.int32) if key_mask else None
+    extra = dict(grid_visible=gv) if key_mask else {}
+    grid, args, meta = triton_gna.launch_args(q, k, v, spec, qt, kt, P, 0, None, km, key_mask,
+                                              natural, o, lse, tma=tma, **extra)
     meta.update(variant or {})
     nw, ns, ws = config
     return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns,
@@ -131,6 +134,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", action="append", help=f"one of {sorted(CASES)} (default: all)")
     ap.add_argument("--natural", action="store_true", help="natural-order I/O instead of tiled")
+    ap.add_argument("--key-mask", action="store_true",
+                    help="with a key mask on grid keys (HunyuanVideo's text-padding mask)")
+    ap.add_argument("--no-tma", action="store_true",
+                    help="tiled order with pointer loads (K/V not contiguous, as in a hoisted model)")
     ap.add_argument("--config", default="8,3,0", help="num_warps,num_stages,warp_specialize")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra kernel constexpr, e.g. FMA_EXP=2 (repeatable)")
@@ -145,7 +152,7 @@ def main():
     print(f"triton {triton.__version__}, target sm_90a, config {cfg}, {'natural' if a.natural else 'tiled'} I/O")
     results = {}
     for name in a.case or list(CASES):
-        kernel = compile_case(name, a.natural, cfg, variant)
+        kernel = compile_case(name, a.natural, cfg, variant, a.key_mask, not a.no_tma)
         results[name] = summarize(kernel)
         print(f"{name:18} " + "  ".join(f"{k} {v}" for k, v in results[name].items()), flush=True)
     if a.json:

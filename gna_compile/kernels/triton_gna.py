@@ -254,7 +254,52 @@ def _full_loop(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2
 
 
 @triton.jit
-def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
+def _unmasked_full(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2,
+                   n1, n2, NT1, NT2, P, NG, kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d,
+                   qk_scale, desc_k, desc_v, head_row,
+                   TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
+                   TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, NAT: tl.constexpr,
+                   XFULL: tl.constexpr, TMA: tl.constexpr, FMA_EXP: tl.constexpr, WS: tl.constexpr,
+                   STALE: tl.constexpr):
+    """The full tiles with no key mask: the exact online softmax, or (STALE) a frozen row max.
+
+    Frozen row max: m_i is the row max of the first full tile (one extra Q K^T), then the loop
+    does no max and no rescale. A row whose sum reaches 2**64 (or NaN: a later score far above
+    the frozen max) sends the Q tile through the exact loop again; below that, P and the sums
+    are finite and as precise as with a running max. The first tile's keys are all attended,
+    so the sum is >= 1; a sum under 2**-60 cannot happen and is treated as bad too (and so is
+    n_full == 0, where the redo costs nothing)."""
+    if STALE:
+        if n_full > 0:
+            row0 = _tile_row(fl0, fl1, fl2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
+            if XFULL:
+                row0 = tl.where(n_gfull > 0, row0, tl.where(n_xpf > 0, 0, P + NG))
+            k = _load_tile(k_base, row0 + kv_local, skn, offs_d, desc_k, head_row + row0, False, TMA)
+            m_i = tl.max(tl.dot(q, tl.trans(k)), 1) * qk_scale
+        acc, l_i, m_i = _full_loop(
+            acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, True)
+        ok = (l_i < 18446744073709551616.0) & (l_i >= 8.673617379884035e-19)  # [2**-60, 2**64)
+        bad = tl.max((~ok).to(tl.int32), 0)
+        if bad > 0:
+            acc, l_i, m_i = _full_loop(
+                tl.zeros([BM, D], dtype=tl.float32), tl.zeros([BM], dtype=tl.float32),
+                tl.full([BM], NEG_INF, dtype=tl.float32), q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS,
+                False)
+    else:
+        acc, l_i, m_i = _full_loop(
+            acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, False)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
              sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, skmb,
              G, P, S, NG, NT1, NT2, n_extra_tiles,
              n0, n1, n2, w0, w1, w2, s0, s1, s2, d0, d1, d2, qk_scale,
@@ -372,39 +417,25 @@ def _gna_fwd(Q, K, V, O, LSE, KM, desc_k, desc_v, N_KV,
         n_xpf = 0
         n_xfull = 0
     n_full = n_gfull + n_xfull
-    if STALE and not KM_GRID:
-        # Frozen row max: m_i is the row max of the first full tile (one extra Q K^T), then
-        # the loop does no max and no rescale. A row whose sum reaches 2**64 (or NaN: a later
-        # score far above the frozen max) sends the Q tile through the exact loop again; below
-        # that, P and the sums are finite and as precise as with a running max. The first
-        # tile's keys are all attended, so the sum is >= 1; a sum under 2**-60 cannot happen
-        # and is treated as bad too (and so is n_full == 0, where the redo costs nothing).
-        if n_full > 0:
-            row0 = _tile_row(fl0, fl1, fl2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, NAT)
-            if XFULL:
-                row0 = tl.where(n_gfull > 0, row0, tl.where(n_xpf > 0, 0, P + NG))
-            k = _load_tile(k_base, row0 + kv_local, skn, offs_d, desc_k, head_row + row0, False, TMA)
-            m_i = tl.max(tl.dot(q, tl.trans(k)), 1) * qk_scale
-        acc, l_i, m_i = _full_loop(
-            acc, l_i, m_i,
-            q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, KM_GRID, TMA, FMA_EXP, WS, True)
-        ok = (l_i < 18446744073709551616.0) & (l_i >= 8.673617379884035e-19)  # [2**-60, 2**64)
-        bad = tl.max((~ok).to(tl.int32), 0)
-        if bad > 0:
-            acc, l_i, m_i = _full_loop(
-                tl.zeros([BM, D], dtype=tl.float32), tl.zeros([BM], dtype=tl.float32),
-                tl.full([BM], NEG_INF, dtype=tl.float32),
-                q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-                k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-                TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, KM_GRID, TMA, FMA_EXP, WS, False)
+    # Full tiles. With a key mask on grid keys, a batch whose grid keys are all visible
+    # (GV[b], computed on the device by the caller) still takes the unmasked loop. The two
+    # loops run one after the other (one of them empty), so they share their shared-memory
+    # stage buffers (in the two arms of an `if` they would not, and overflow it).
+    if KM_GRID:
+        visible = tl.load(GV + b) != 0
+        n_open = tl.where(visible, n_full, 0)
+        n_masked = n_full - n_open
     else:
-        acc, l_i, m_i = _full_loop(
-            acc, l_i, m_i,
-            q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+        n_open = n_full
+    acc, l_i, m_i = _unmasked_full(
+        acc, l_i, m_i, q, n_open, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
             k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, KM_GRID, TMA, FMA_EXP, WS, False)
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, D, NAT, XFULL, TMA, FMA_EXP, WS, STALE)
+    if KM_GRID:
+        acc, l_i, m_i = _full_loop(
+            acc, l_i, m_i, q, n_masked, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
+            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, True, TMA, FMA_EXP, WS, False)
 
     # ---- partial KV tiles, then extra-token KV tiles. Box minus full box = A (dim0 outside
     # F0) + B (F0 x dim1 outside F1) + C (F0 x F1 x dim2 outside F2); the split dim of a piece
@@ -698,7 +729,7 @@ def _interpret() -> bool:
 
 
 def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, key_mask,
-                key_mask_grid, natural, out, lse, tma=None):
+                key_mask_grid, natural, out, lse, tma=None, grid_visible=None):
     """Checked ``(grid, args, meta)`` of one launch (also used to compile offline)."""
     B, H, N, D = q.shape
     Hkv = k.shape[1]
@@ -740,6 +771,16 @@ def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scal
             raise ValueError(f"key_mask must be a [B, N] = [{B}, {N}] tensor with contiguous tokens")
     else:
         km = torch.empty(1, 1, dtype=torch.int8, device=q.device)
+    if key_mask is not None and key_mask_grid:
+        if grid_visible is None and natural:
+            grid_visible = (km[:, P:P + NG] != 0).all(dim=1)
+        if grid_visible is None:  # tiled layout: padding keys are masked, so the caller knows
+            grid_visible = torch.zeros(B, dtype=torch.int32, device=q.device)
+        gv = grid_visible.to(device=q.device, dtype=torch.int32).contiguous()
+        if gv.shape != (B,):
+            raise ValueError(f"grid_visible must have shape [{B}], got {tuple(gv.shape)}")
+    else:
+        gv = km  # unused
     n_extra_tiles = -(-P // BM) + -(-S // BM)
     grid = (n_extra_tiles + math.prod(nt), H, B)
     meta = dict(TQ0=tq3[0], TQ1=tq3[1], TQ2=tq3[2], TK0=tk3[0], TK1=tk3[1], TK2=tk3[2],
@@ -757,7 +798,7 @@ def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scal
     meta["TMA"] = use_tma
     meta["RANK"] = rank
     meta["XFULL"] = (P + S) > 0 and key_mask is None
-    args = (q, k, v, out, lse, km, desc_k, desc_v, N,
+    args = (q, k, v, out, lse, km, gv, desc_k, desc_v, N,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1), km.stride(0),
@@ -768,11 +809,14 @@ def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scal
 
 def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, scale=None,
                 key_mask=None, key_mask_grid=False, natural=True, out=None, lse=None,
-                config=None, tma=None):
+                config=None, tma=None, grid_visible=None):
     """Launch the kernel. ``natural``: tensors in natural token order, else tiled order with
     padding (``permute_tokens`` layout). ``key_mask``: int8/bool ``[B, N]`` in the same layout
     as the tensors; applied to extra keys, and to grid keys when ``key_mask_grid``.
-    Returns ``(out, lse)`` in the same layout."""
+    ``grid_visible``: optional ``[B]`` device tensor, true where a batch's mask hides no grid
+    key: its full tiles then run unmasked (worked out here in natural order; in tiled order
+    the caller passes it, else the masked path is kept). Returns ``(out, lse)`` in the same
+    layout."""
     B, H, N, D = q.shape
     Hkv = k.shape[1]
     if out is None:
@@ -780,7 +824,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     if lse is None:
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
     grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
-                                   key_mask, key_mask_grid, natural, out, lse, tma)
+                                   key_mask, key_mask_grid, natural, out, lse, tma, grid_visible)
     BM = meta["BM"]
     P, S = extra_prefix, extra_suffix
 
@@ -836,9 +880,13 @@ def gna_attention_permuted(qp, kp, vp, spec, q_tile, kv_tile, extra_prefix=0, ex
     from .permute import permute_tokens
     km = None
     grid_mask = False
+    visible = None
     if key_mask is not None:
         m = key_mask.mask.to(torch.float32)[:, :, None]
         km = permute_tokens(m, spec.shape, q_tile, extra_prefix, extra_suffix)[..., 0].to(torch.int8).contiguous()
         grid_mask = bool(key_mask.spatial)
+        if grid_mask:
+            grid = key_mask.mask[:, extra_prefix:extra_prefix + spec.num_tokens]
+            visible = grid.to(device=qp.device).bool().all(dim=1)
     return gna_forward(qp, kp, vp, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
-                       km, grid_mask, natural=False)
+                       km, grid_mask, natural=False, grid_visible=visible)
