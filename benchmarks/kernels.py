@@ -258,7 +258,7 @@ def main():
             f"{r['ours_ms']:8.2f} {r['ours_nat_ms']:8.2f} {r['ours_perm_ms']:9.2f} {r['x_cudnn']:7.2f} "
             f"{r['x_flex']:6.2f} {r['tflops']:7.0f} {r['flop_bound_x']:6.2f} {r['sim_x']:6.2f} "
             f"{100 * r['perm_share']:5.1f}%")
-    log(f"permutation bandwidth (Q,K,V permute + O unpermute): "
+    log("permutation bandwidth (Q,K,V permute + O unpermute): "
         + ", ".join(f"{r['case']} {r['perm_GBps']:.0f} GB/s ({100 * r['perm_GBps'] / bw:.0f}% of copy)"
                     for r in results if not r.get("wrong")))
     if args.out:

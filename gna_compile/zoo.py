@@ -7,8 +7,6 @@ config with the same structure, for CPU smoke tests. Needs ``pip install gna_com
 
 from __future__ import annotations
 
-import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
