@@ -244,6 +244,9 @@ def test_backend_refuses_unsupported(monkeypatch):
     assert "dtype" in why_not(q, q, q, spec, 0, 0, None, None)
     q = torch.randn(1, 1, 16, 32, device=DEV, dtype=DTYPES[0])
     assert why_not(q, q, q, spec, 0, 0, None, None) is None
+    assert "scale" in why_not(q, q, q, spec, 0, 0, -0.5, None)  # row max before scaling: needs > 0
+    with pytest.raises(ValueError, match="scale"):
+        triton_gna.gna_forward(q, q, q, spec, (16,), (16,), 0, 0, 0.0)
     assert "too small" in why_not(q[:, :, :5], q[:, :, :5], q[:, :, :5], make_spec((5,), 2), 0, 0, None, None)
     if not CUDA:  # without the opt-in, "auto" must keep the reference on the CPU
         monkeypatch.delenv("GNA_TRITON_ON_CPU")

@@ -54,6 +54,8 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
         return f"head dims q/k/v = {D}/{k.shape[-1]}/{v.shape[-1]} (need equal, one of {SUPPORTED_HEAD_DIMS})"
     if q.shape[1] % k.shape[1]:
         return f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
+    if scale is not None and not scale > 0:
+        return f"scale {scale} (the kernel takes the row max before scaling, so it needs scale > 0)"
     try:
         from .triton_gna import choose_tiles
         choose_tiles(spec, extra_prefix, extra_suffix)

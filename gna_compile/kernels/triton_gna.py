@@ -763,6 +763,8 @@ def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scal
     if k.shape[2] != N or v.shape[2] != N:
         raise ValueError("q, k, v must have the same number of tokens")
     scale = D ** -0.5 if scale is None else scale
+    if not scale > 0:  # row maxima are taken before scaling
+        raise ValueError(f"scale must be > 0 for the Triton kernel, got {scale}")
     if tma is None:
         tma = os.environ.get("GNA_TRITON_TMA", "1") == "1"
     if key_mask is not None:
