@@ -176,10 +176,11 @@ def _softmax(l_i, m_i, qk, qk_scale, mask, MASKED: tl.constexpr, FMA_EXP: tl.con
     FMA_EXP: 1 = half, 2 = a quarter of the exponentials of an unmasked tile by _exp2_fma
     (16-bit inputs only)."""
     if MASKED:
-        qk = tl.where(mask, qk * qk_scale, NEG_INF)
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # Scale after the max (scale > 0) so that scale-and-subtract is one FMA per score.
+        qk = tl.where(mask, qk, NEG_INF)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = tl.where(m_new == NEG_INF, 0.0, m_new)
-        p = tl.exp2(qk - m_use[:, None])
+        p = tl.exp2(qk * qk_scale - m_use[:, None])
     else:
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_use = m_new
@@ -506,16 +507,19 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
             rows = tl.where(is_ext, xrows, rows)
             row0 = tl.where(is_ext, xs, row0)
             kin = tl.where(is_ext, xrows < xe, kin)
-            mask = mask | is_ext
             if HAS_KM:
                 if KM_GRID:
                     kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+                    mask = mask & kin[None, :]
                 else:
                     km_ok = tl.load(km_base + rows, mask=kin, other=1) != 0
                     kin = kin & tl.where(is_ext, km_ok, True)
+            mask = tl.where(is_ext, kin[None, :], mask)
         elif KM_GRID:
             kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
-        mask = mask & kin[None, :]
+            mask = mask & kin[None, :]
+        # Grid keys outside the grid (edges, padding) fail every window test already, so
+        # ``kin`` only guards their loads (and carries the extra keys' tails and key mask).
         rows = tl.where(kin, rows, -1)
         acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
                               mask, True, desc_k, desc_v, head_row + row0, TMA)
