@@ -211,6 +211,29 @@ def run_case(name, cfg, check, flex_ok, log):
     return res
 
 
+def mask_penalty_fit(results, all_cases) -> str:
+    """The simulator's MASK_PENALTY from this run: the cost of one full 128x128-token tile visit
+    from the cases with no partial tiles, then, for the others, what a partial visit costs in
+    full visits (tile visits from triton_gna.tile_stats, natural-order kernel, per head)."""
+    rows = {r["case"]: r for r in results if not r.get("wrong")}
+    unit, parts = [], []
+    for name, r in rows.items():
+        shape, window, stride, P = all_cases[name]
+        if P:
+            continue
+        spec = make_spec(shape, window, stride)
+        vis, full, _, _ = triton_gna.tile_stats(spec, r["q_tile"], r["kv_tile"])
+        size = math.prod(r["q_tile"]) * math.prod(r["kv_tile"]) / 128 ** 2
+        (unit if vis == full else parts).append((name, r["ours_nat_ms"] / H, full * size, (vis - full) * size))
+    if not unit or not parts:
+        return ""
+    per_full = sum(t / f for _, t, f, _ in unit) / len(unit)
+    fits = [f"{n} {(t - f * per_full) / (p * per_full):.2f}" for n, t, f, p in parts if p]
+    return (f"mask penalty fit: full 128x128 visit {1e3 * per_full:.4f} us per head "
+            f"({', '.join(n for n, *_ in unit)}); partial visit in full visits: " + ", ".join(fits)
+            + f" (simulator uses {triton_gna.PARTIAL_PENALTY})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="verify every kernel against the reference first")
@@ -261,6 +284,9 @@ def main():
     log("permutation bandwidth (Q,K,V permute + O unpermute): "
         + ", ".join(f"{r['case']} {r['perm_GBps']:.0f} GB/s ({100 * r['perm_GBps'] / bw:.0f}% of copy)"
                     for r in results if not r.get("wrong")))
+    fit = mask_penalty_fit(results, all_cases)
+    if fit:
+        log(fit)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "kernels.json"), "w") as f:
