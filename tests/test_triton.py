@@ -225,13 +225,15 @@ def test_backend_and_permuted_entry_point(monkeypatch):
     _check(out, lse, ref_out, ref_lse, dtype)
     qt, kt = (4, 8), (2, 8)
     qp, kp, vp = (permute_tokens(t, shape, qt, P, S) for t in (q, k, v))
-    mask = torch.ones(1, q.shape[2], dtype=torch.bool, device=DEV)
-    mask[0, 0] = False
-    mask[0, P + 4] = False
-    op, lp = triton_gna.gna_attention_permuted(qp, kp, vp, spec, qt, kt, P, S, None, KeyMask(mask, True))
-    out = unpermute_tokens(op, shape, qt, P, S)
-    lse = unpermute_tokens(lp[..., None], shape, qt, P, S)[..., 0]
-    _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
+    for hide_grid_key in (True, False):  # False: only extra keys hidden (grid_visible from the mask)
+        mask = torch.ones(1, q.shape[2], dtype=torch.bool, device=DEV)
+        mask[0, 0] = False
+        if hide_grid_key:
+            mask[0, P + 4] = False
+        op, lp = triton_gna.gna_attention_permuted(qp, kp, vp, spec, qt, kt, P, S, None, KeyMask(mask, True))
+        out = unpermute_tokens(op, shape, qt, P, S)
+        lse = unpermute_tokens(lp[..., None], shape, qt, P, S)[..., 0]
+        _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
 
 def test_backend_refuses_unsupported(monkeypatch):
