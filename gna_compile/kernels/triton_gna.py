@@ -714,9 +714,10 @@ _TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark 
 # (num_warps, num_stages, warp_specialize[, fma_exp[, stale]]) tried per Q-tile size; fma_exp
 # 1/2 puts 1/2 or 1/4 of the unmasked tiles' exponentials on the FMA pipe (_exp2_split);
 # stale freezes the row max in the unmasked loop (_step). Both unmeasured on the GPU yet, so
-# not in the defaults (try: GNA_TRITON_CONFIGS="8,3,0,0,0;8,3,0,2,0;8,3,0,0,1;8,3,0,2,1"). Warp specialisation (only
-# ever on the unmasked loop) gained <= 1% on the H100 (benchmarks/NOTES.md): off by default.
-# 2-CTA/SM configs (BN=64, fewer stages) were all slower than one CTA with 3 stages.
+# not in the defaults (try: GNA_TRITON_CONFIGS="8,3,0,0,0;8,3,0,2,0;8,3,0,0,1;8,3,0,2,1").
+# warp_specialize: Triton 3.6's Hopper pass leaves this loop unchanged with 8 warps (same
+# SASS) and fails with 4 (benchmarks/NOTES.md, run 6), so it stays off. 2-CTA/SM configs
+# (BN=64, fewer stages) were all slower than one CTA with 3 stages.
 _DEFAULT_CONFIGS = {128: [(8, 3, False), (8, 2, False)],
                     64: [(4, 2, False), (4, 3, False), (8, 2, False)]}
 
