@@ -462,18 +462,19 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
         n_ext = n_xpre + (S + BN - 1) // BN - suf_first
     else:
         n_ext = 0
+    # (x0, x1, x2): position inside the current piece, walked as an odometer over its extents
+    # (E0 x E1 x E2) and reset where a piece ends, so the loop divides nothing.
+    x0 = 0
+    x1 = 0
+    x2 = 0
     for t in range(0, n_part + n_ext):
         inA = t < nA
         inB = (t >= nA) & (t < nA + nB)
         inAB = t < nA + nB
-        u = tl.where(inA, t, tl.where(inB, t - nA, t - nA - nB))
         E1 = tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1))
         E2 = tl.where(inAB, ev2, ev2 - ef2)
         E1 = tl.maximum(E1, 1)
         E2 = tl.maximum(E2, 1)
-        x2 = u % E2
-        x1 = (u // E2) % E1
-        x0 = u // (E2 * E1)
         r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
         r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
         r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
@@ -525,6 +526,17 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
         rows = tl.where(kin, rows, -1)
         acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
                               mask, True, desc_k, desc_v, head_row + row0, TMA)
+        x2 += 1
+        wrap2 = x2 >= E2
+        x2 = tl.where(wrap2, 0, x2)
+        x1 = tl.where(wrap2, x1 + 1, x1)
+        wrap1 = x1 >= E1
+        x1 = tl.where(wrap1, 0, x1)
+        x0 = tl.where(wrap1, x0 + 1, x0)
+        piece_end = (t + 1 == nA) | (t + 1 == nA + nB)
+        x0 = tl.where(piece_end, 0, x0)
+        x1 = tl.where(piece_end, 0, x1)
+        x2 = tl.where(piece_end, 0, x2)
     st_rows = q_rows
     st_ok = q_ok
 
