@@ -128,7 +128,7 @@ def main():
         r = run_text_mask()
         rows.append(r)
         print("# " + json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
-        print(f"hunyuan + 256 text (100 padded), tiled: masked full tiles {r['masked_full_ms']:.3f} ms, "
+        print(f"hunyuan + {r['text']} text ({r['padded']} padded), tiled: masked full tiles {r['masked_full_ms']:.3f} ms, "
               f"unmasked loop (grid_visible) {r['visible_ms']:.3f} ms, no mask at all {r['no_mask_ms']:.3f} ms")
     if a.out:
         with open(os.path.join(a.out, "exp_variants.json"), "w") as f:
