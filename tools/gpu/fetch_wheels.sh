@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Wheels the device lacks (its torch 2.11 / Triton 3.6 image has no diffusers; this set ran the
-# end-to-end benchmarks before): fetch them into
-# .whl (git-ignored locally), then name `.whl` in the device call's `carry` and start its command
-# with the install line printed at the end (see /work/.library/device/README.md).
+# Wheels the device lacks (its torch 2.11 / Triton 3.6 image has no diffusers; diffusers,
+# importlib_metadata and expecttest ran the end-to-end benchmarks before, zipp is
+# importlib_metadata's own dependency): fetched into .whl (git-ignored). Name `.whl` in the
+# device call's `carry` and start its command with the prefix printed at the end
+# (/work/.library/device/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .git/info
