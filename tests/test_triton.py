@@ -71,6 +71,12 @@ def _check(out, lse, ref_out, ref_lse, dtype, rows=None):
     assert lerr < ltol, f"lse error {lerr:.2e} >= {ltol}"
 
 
+def _unpermute_out(out, lse, shape, qt, P, S):
+    """Kernel output and LSE from tiled back to natural token order."""
+    return (unpermute_tokens(out, shape, qt, P, S),
+            unpermute_tokens(lse[..., None], shape, qt, P, S)[..., 0])
+
+
 def _launch(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=True, config=None, grid_visible=None):
     B, H, N, D = q.shape
     out = torch.full((B, H, N, D), float("nan"), dtype=q.dtype, device=q.device)
@@ -105,8 +111,7 @@ def test_softmax_variants_match_reference(name, fma_exp, stale, natural):
         q, k, v = (permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
     out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False, natural, config=(4, 2, 0, fma_exp, stale))
     if not natural:
-        out = unpermute_tokens(out, spec.shape, qt, P, S)
-        lse = unpermute_tokens(lse[..., None], spec.shape, qt, P, S)[..., 0]
+        out, lse = _unpermute_out(out, lse, spec.shape, qt, P, S)
         q, k, v = (unpermute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, None), dtype)
 
@@ -203,9 +208,8 @@ def test_key_mask_that_hides_no_grid_key_takes_the_unmasked_loop(natural, stale)
         km = permute_tokens(mask.float()[..., None], shape, qt, P, S)[..., 0].to(torch.int8).contiguous()
         visible = mask[:, P:P + spec.num_tokens].all(dim=1)
         assert visible.tolist() == [True, False]
-        op, lp = _launch(qp, kp, vp, spec, qt, kt, P, S, None, km, True, False, config=cfg, grid_visible=visible)
-        out = unpermute_tokens(op, shape, qt, P, S)
-        lse = unpermute_tokens(lp[..., None], shape, qt, P, S)[..., 0]
+        out, lse = _unpermute_out(*_launch(qp, kp, vp, spec, qt, kt, P, S, None, km, True, False, config=cfg,
+                                           grid_visible=visible), shape, qt, P, S)
     vis, full, _, _ = triton_gna.tile_stats(spec, qt, kt)
     assert full > 0
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
@@ -230,9 +234,8 @@ def test_backend_and_permuted_entry_point(monkeypatch):
         mask[0, 0] = False
         if hide_grid_key:
             mask[0, P + 4] = False
-        op, lp = triton_gna.gna_attention_permuted(qp, kp, vp, spec, qt, kt, P, S, None, KeyMask(mask, True))
-        out = unpermute_tokens(op, shape, qt, P, S)
-        lse = unpermute_tokens(lp[..., None], shape, qt, P, S)[..., 0]
+        out, lse = _unpermute_out(*triton_gna.gna_attention_permuted(qp, kp, vp, spec, qt, kt, P, S, None,
+                                                                     KeyMask(mask, True)), shape, qt, P, S)
         _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
 

@@ -12,6 +12,7 @@ loop. Use the Triton version the device has (3.6) for numbers that carry over:
 """
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ from triton.runtime import driver as _driver  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
 from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels.permute import padded_shape  # noqa: E402
 
 CASES = {  # name: (shape, window, stride, extra_prefix, q_tile, kv_tile)
     "flux_s16": ((256, 256), 80, 16, 0, (8, 16), (8, 16)),
@@ -55,7 +57,7 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
     shape, w, s, P, qt, kt = CASES[name]
     spec = make_spec(shape, w, s)
     H, D = 2, 128
-    NG = spec.num_tokens if natural else _padded(spec.shape, qt)
+    NG = spec.num_tokens if natural else math.prod(padded_shape(spec.shape, qt))
     N = P + NG
     # Tiny storage is enough: nothing runs. Strides/shapes are those of the real problem.
     q, k, v, o = (torch.empty(1, H, N, D, dtype=torch.bfloat16) for _ in range(4))
@@ -69,13 +71,6 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
     nw, ns, ws = config
     return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns,
                                           enable_fp_fusion=True)
-
-
-def _padded(shape, tile):
-    n = 1
-    for a, t in zip(shape, tile):
-        n *= -(-a // t) * t
-    return n
 
 
 def _cubin_tool(kernel, tool, *flags) -> str:

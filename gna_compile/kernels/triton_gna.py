@@ -214,6 +214,21 @@ def _step(acc, l_i, m_i, q, kv_rows, k_base, v_base, skn, svn, offs_d, qk_scale,
 
 
 @triton.jit
+def _odometer_step(c0, c1, c2, lo1, lo2, end1, end2):
+    """Next (c0, c1, c2) of a row-major walk over a box whose dims 1 and 2 run [lo, end): the
+    loops walk tiles this way instead of dividing the loop index (a division costs a
+    MUFU.RCP, the unit the softmax's exponentials already saturate)."""
+    c2 += 1
+    wrap2 = c2 >= end2
+    c2 = tl.where(wrap2, lo2, c2)
+    c1 = tl.where(wrap2, c1 + 1, c1)
+    wrap1 = c1 >= end1
+    c1 = tl.where(wrap1, lo1, c1)
+    c0 = tl.where(wrap1, c0 + 1, c0)
+    return c0, c1, c2
+
+
+@triton.jit
 def _full_loop(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2,
                n1, n2, NT1, NT2, P, NG, kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d,
                qk_scale, desc_k, desc_v, head_row,
@@ -222,10 +237,8 @@ def _full_loop(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2
                BM: tl.constexpr, BN: tl.constexpr, NAT: tl.constexpr, XFULL: tl.constexpr,
                KM_GRID: tl.constexpr, TMA: tl.constexpr, FMA_EXP: tl.constexpr, WS: tl.constexpr,
                STALE: tl.constexpr):
-    """The full KV tiles of the box (no mask), then whole extra-token tiles (XFULL). The box
-    is walked with an odometer (c0, c1, c2): no integer division in the loop (a division
-    costs a MUFU.RCP, the unit the softmax's exponentials already saturate). STALE: m_i is
-    frozen (see _step)."""
+    """The full KV tiles of the box (no mask), then whole extra-token tiles (XFULL), the box
+    walked with _odometer_step. STALE: m_i is frozen (see _step)."""
     c0 = fl0
     c1 = fl1
     c2 = fl2
@@ -246,13 +259,7 @@ def _full_loop(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2
         else:
             acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
                                   None, False, desc_k, desc_v, head_row + row0, TMA, FMA_EXP, STALE)
-        c2 += 1
-        wrap2 = c2 > fh2
-        c2 = tl.where(wrap2, fl2, c2)
-        c1 = tl.where(wrap2, c1 + 1, c1)
-        wrap1 = c1 > fh1
-        c1 = tl.where(wrap1, fl1, c1)
-        c0 = tl.where(wrap1, c0 + 1, c0)
+        c0, c1, c2 = _odometer_step(c0, c1, c2, fl1, fl2, fh1 + 1, fh2 + 1)
     return acc, l_i, m_i
 
 
@@ -280,24 +287,20 @@ def _unmasked_full(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1,
                 row0 = tl.where(n_gfull > 0, row0, tl.where(n_xpf > 0, 0, P + NG))
             k = _load_tile(k_base, row0 + kv_local, skn, offs_d, desc_k, head_row + row0, False, TMA)
             m_i = tl.max(tl.dot(q, tl.trans(k)), 1) * qk_scale
-        acc, l_i, m_i = _full_loop(
-            acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, True)
+    acc, l_i, m_i = _full_loop(
+        acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG,
+        kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+        TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, STALE)
+    if STALE:
         ok = (l_i < 18446744073709551616.0) & (l_i >= 8.673617379884035e-19)  # [2**-60, 2**64)
         bad = tl.max((~ok).to(tl.int32), 0)
         if bad > 0:
             acc, l_i, m_i = _full_loop(
                 tl.zeros([BM, D], dtype=tl.float32), tl.zeros([BM], dtype=tl.float32),
-                tl.full([BM], NEG_INF, dtype=tl.float32), q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS,
-                False)
-    else:
-        acc, l_i, m_i = _full_loop(
-            acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, False)
+                tl.full([BM], NEG_INF, dtype=tl.float32), q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2,
+                n1, n2, NT1, NT2, P, NG, kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d,
+                qk_scale, desc_k, desc_v, head_row,
+                TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, False)
     return acc, l_i, m_i
 
 
@@ -431,13 +434,13 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
     else:
         n_open = n_full
     acc, l_i, m_i = _unmasked_full(
-        acc, l_i, m_i, q, n_open, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
-            TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, D, NAT, XFULL, TMA, FMA_EXP, WS, STALE)
+        acc, l_i, m_i, q, n_open, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG,
+        kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+        TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, D, NAT, XFULL, TMA, FMA_EXP, WS, STALE)
     if KM_GRID:
         acc, l_i, m_i = _full_loop(
-            acc, l_i, m_i, q, n_masked, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG, kv_local, offs_n,
-            k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
+            acc, l_i, m_i, q, n_masked, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2, n1, n2, NT1, NT2, P, NG,
+            kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
             TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, True, TMA, FMA_EXP, WS, False)
 
     # ---- partial KV tiles, then extra-token KV tiles. Box minus full box = A (dim0 outside
@@ -462,8 +465,8 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
         n_ext = n_xpre + (S + BN - 1) // BN - suf_first
     else:
         n_ext = 0
-    # (x0, x1, x2): position inside the current piece, walked as an odometer over its extents
-    # (E0 x E1 x E2) and reset where a piece ends, so the loop divides nothing.
+    # (x0, x1, x2): position inside the current piece, walked by _odometer_step over its
+    # extents (E0 x E1 x E2) and reset where a piece ends.
     x0 = 0
     x1 = 0
     x2 = 0
@@ -526,13 +529,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
         rows = tl.where(kin, rows, -1)
         acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
                               mask, True, desc_k, desc_v, head_row + row0, TMA)
-        x2 += 1
-        wrap2 = x2 >= E2
-        x2 = tl.where(wrap2, 0, x2)
-        x1 = tl.where(wrap2, x1 + 1, x1)
-        wrap1 = x1 >= E1
-        x1 = tl.where(wrap1, 0, x1)
-        x0 = tl.where(wrap1, x0 + 1, x0)
+        x0, x1, x2 = _odometer_step(x0, x1, x2, 0, 0, E1, E2)
         piece_end = (t + 1 == nA) | (t + 1 == nA + nB)
         x0 = tl.where(piece_end, 0, x0)
         x1 = tl.where(piece_end, 0, x1)
