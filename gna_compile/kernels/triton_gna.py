@@ -559,13 +559,15 @@ _LAST_KERNEL: list = [None]  # compiled handle of the last launch (registers, sp
 _TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
 # (num_warps, num_stages, warp_specialize[, fma_exp[, stale]]) tried per Q-tile size; fma_exp
 # 1/2 puts 1/2 or 1/4 of the unmasked tiles' exponentials on the FMA pipe (_exp2_split);
-# stale freezes the row max in the unmasked loop (_step). Both unmeasured on the GPU yet, so
-# not in the defaults (try: GNA_TRITON_CONFIGS="8,3,0,0,0;8,3,0,2,0;8,3,0,0,1;8,3,0,2,1").
+# stale freezes the row max in the unmasked loop (_step), exact redo if a row sum leaves
+# [2^-60, 2^64). H100 autotune trials (benchmarks/NOTES.md, run 7): stale was the fastest
+# config on all five 128-token cases (5-10% over exact), fma_exp gains 0-3% only with stale;
+# 2 stages always lost. Override: GNA_TRITON_CONFIGS="8,3,0,0,0;8,3,0,0,1".
 # warp_specialize: Triton 3.6's Hopper pass leaves this loop unchanged with 8 warps (same
 # SASS) and fails with 4 (benchmarks/NOTES.md, run 6), so it stays off. 2-CTA/SM configs
 # (BN=64, fewer stages) were all slower than one CTA with 3 stages.
-_DEFAULT_CONFIGS = {128: [(8, 3, False), (8, 2, False)],
-                    64: [(4, 2, False), (4, 3, False), (8, 2, False)]}
+_DEFAULT_CONFIGS = {128: [(8, 3, False, 0, 1), (8, 3, False, 2, 1), (8, 3, False, 0, 0)],
+                    64: [(4, 2, False, 0, 1), (4, 2, False), (4, 3, False), (8, 2, False)]}
 
 
 def _configs(BM):
