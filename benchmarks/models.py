@@ -10,6 +10,12 @@ paper's config and permutation hoisting, the same without hoisting, and the GNA 
 over the best dense variant, share of GPU time in attention and in token permutation (from the
 profiler), compile time and peak memory. Then the sampling-loop estimate with the paper's hybrid
 schedule from the measured per-step times.
+
+A full-size HunyuanVideo run of all five variants outlasts one 10-minute device call, so runs
+of variant subsets (``--variants``, ``--json``) can be joined into one report:
+
+    python benchmarks/models.py --merge dense.json gna.json   # a later file's row replaces
+                                                              # an earlier one of that variant
 """
 
 from __future__ import annotations
@@ -86,9 +92,8 @@ _BACKENDS = {}  # hoist flag -> the gna backend object (for its rewrite/hoisting
 
 def _variants(args, model):
     """Variants in run order; factories compile lazily."""
-    policy = paper_policy(args.model, args.size)
     def gna(hoist):
-        be = gna_compile.backend(policy=policy, hoist_permutations=hoist)
+        be = gna_compile.backend(policy=paper_policy(args.model, args.size), hoist_permutations=hoist)
         _BACKENDS[hoist] = be
         return torch.compile(model, backend=be)
     return [  # (short key for --variants, name, factory, context)
@@ -152,6 +157,24 @@ def run(args) -> dict:
     return dict(model=args.model, size=args.size, rows=rows, schedule=schedule)
 
 
+def merge(paths) -> dict:
+    """One result from several runs' JSON files of the same model: rows keyed by variant, a
+    later file's row replacing an earlier one's; each row names the file it came from."""
+    model, rows, schedule = None, {}, None
+    for path in paths:
+        with open(path) as f:
+            res = json.load(f)
+        if model is not None and res["model"] != model:
+            raise SystemExit(f"--merge: {path} is a {res['model']} run, the others {model}")
+        model = res["model"]
+        schedule = res.get("schedule") or schedule
+        for r in res["rows"]:
+            rows[r["variant"]] = dict(r, source=os.path.basename(path))
+    order = [name for _, name, _, _ in _variants(None, None)]
+    return dict(model=model, size="merged", rows=sorted(rows.values(), key=lambda r: order.index(r["variant"])),
+                schedule=schedule or CASES[model].paper_schedule)
+
+
 def report(res) -> str:
     rows = res["rows"]
     dense = min((r["ms"] for r in rows if "dense" in r["variant"] and "gna" not in r["variant"]),
@@ -163,7 +186,8 @@ def report(res) -> str:
         vs = "-" if dense is None else f"{dense / r['ms']:.2f}x"
         out.append(f"{r['variant']:<26} {r['ms']:>10.1f} {vs:>13} {pct(r['attn_share']):>9} "
                    f"{pct(r['perm_share']):>8} {r['compile_s']:>9.1f} "
-                   f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>8}")
+                   f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.1f'):>8}"
+                   + (f"  {r['source']}" if "source" in r else ""))
     by = {r["variant"]: r["ms"] for r in rows}
     if dense is None:
         return "\n".join(out)
@@ -178,7 +202,8 @@ def report(res) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=sorted(CASES), required=True)
+    p.add_argument("--model", choices=sorted(CASES))
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="report the rows of earlier --json runs together")
     p.add_argument("--size", choices=["full", "small"], default="full")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=3)
@@ -189,6 +214,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's schedule in zoo.py)")
     p.add_argument("--dense-steps", type=int, default=None, help="first steps run dense (hybrid schedule)")
     args = p.parse_args(argv)
+    if args.merge:
+        res = merge(args.merge)
+        if args.steps or args.dense_steps is not None:
+            steps, dense_steps = res["schedule"]
+            res["schedule"] = (args.steps or steps, dense_steps if args.dense_steps is None else args.dense_steps)
+        print(report(res))
+        return 0
+    if args.model is None:
+        p.error("--model is required (unless --merge)")
     res = run(args)
     print(report(res))
     if args.json:
