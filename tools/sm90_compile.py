@@ -34,6 +34,7 @@ CASES = {  # name: (shape, window, stride, extra_prefix, q_tile, kv_tile)
     "flux_s1": ((256, 256), 80, 1, 0, (16, 8), (8, 8)),
     "hunyuan_s16x8x8": ((30, 48, 80), (18, 24, 24), (16, 8, 8), 0, (2, 8, 8), (2, 8, 8)),
     "flux_s16_text512": ((256, 256), 80, 16, 512, (8, 16), (8, 16)),
+    "cosmos_bs90": ((16, 44, 80), (16, 14, 24), (1, 1, 8), 0, (16, 1, 8), (16, 1, 8)),
 }
 
 
@@ -71,6 +72,21 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
     nw, ns, ws = config
     return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns,
                                           enable_fp_fusion=True)
+
+
+def compile_gluon_case(name, head_dim=128):
+    """The Gluon kernel (gna_compile/kernels/gluon_gna.py) for a perfectly block-sparse case."""
+    from gna_compile.kernels import gluon_gna
+    shape, w, s, P, qt, kt = CASES[name]
+    spec = make_spec(shape, w, s)
+    H, N = 2, spec.num_tokens
+    q, k, v, o = (torch.empty(1, H, N, head_dim, dtype=torch.bfloat16) for _ in range(4))
+    lse = torch.empty(1, H, N, dtype=torch.float32)
+    why = gluon_gna.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False)
+    if why:
+        raise SystemExit(f"{name}: the Gluon kernel does not apply: {why}")
+    grid, args, meta = gluon_gna.launch_args(q, k, v, spec, qt, o, lse)
+    return gluon_gna._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8)
 
 
 def _cubin_tool(kernel, tool, *flags) -> str:
@@ -122,7 +138,22 @@ def summarize(kernel) -> dict:
                 loop_insts=[len(re.findall(r"^\s+/\*[0-9a-f]+\*/", b, re.M)) for b in body],
                 loop_spills=sum(count(r"\b(?:STL|LDL)\b", b) for b in body),
                 loop_shfl=sum(count(r"\bSHFL\b", b) for b in body),
-                loop_lds_sts=sum(count(r"\b(?:LDS|STS)(?:\.\w+)*\b", b) for b in body))
+                loop_lds_sts=sum(count(r"\b(?:LDS|STS)(?:\.\w+)*\b", b) for b in body),
+                loop_ex2_in_flight=[_ex2_between_waits(b) for b in body])
+
+
+def _ex2_between_waits(loop: str) -> int:
+    """Exponentials issued after a wgmma wait that leaves one group in flight and before the
+    wait for none: the softmax that runs while a matmul is still on the tensor cores."""
+    n, inside = 0, False
+    for line in loop.splitlines():
+        if "WARPGROUP.DEPBAR.LE" in line:
+            if inside and "0x0" in line:
+                return n
+            inside = "0x1" in line
+        elif inside and "MUFU.EX2" in line:
+            n += 1
+    return 0
 
 
 def main():
@@ -136,6 +167,8 @@ def main():
     ap.add_argument("--config", default="8,3,0", help="num_warps,num_stages,warp_specialize")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra kernel constexpr, e.g. FMA_EXP=2 (repeatable)")
+    ap.add_argument("--gluon", action="store_true", help="the Gluon kernel (gluon_gna.py) instead")
+    ap.add_argument("--head-dim", type=int, default=128, help="head dim (--gluon only)")
     ap.add_argument("--sass", help="write the SASS of the last compiled kernel here")
     ap.add_argument("--ptx", help="write the PTX of the last compiled kernel here")
     ap.add_argument("--json", help="write the summaries ({case: summary}) to this file")
@@ -147,7 +180,10 @@ def main():
     print(f"triton {triton.__version__}, target sm_90a, config {cfg}, {'natural' if a.natural else 'tiled'} I/O")
     results = {}
     for name in a.case or list(CASES):
-        kernel = compile_case(name, a.natural, cfg, variant, a.key_mask, not a.no_tma)
+        if a.gluon:
+            kernel = compile_gluon_case(name, a.head_dim)
+        else:
+            kernel = compile_case(name, a.natural, cfg, variant, a.key_mask, not a.no_tma)
         results[name] = summarize(kernel)
         print(f"{name:18} " + "  ".join(f"{k} {v}" for k, v in results[name].items()), flush=True)
     if a.json:

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import gluon_gna
 from .tile_choice import (PARTIAL_PENALTY, _contiguous_sub, choose_tiles, kv_tiles_for, predicted_speedup,
                           tile_stats)
 
@@ -678,6 +679,10 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
         out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    if (config is None and q.is_cuda and gluon_gna.enabled() and out.is_contiguous() and lse.is_contiguous()
+            and gluon_gna.unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
+                                             key_mask, natural) is None):
+        return gluon_gna.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse)
     grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
                                    key_mask, key_mask_grid, natural, out, lse, tma, grid_visible)
     BM = meta["BM"]

@@ -1,0 +1,273 @@
+"""GNA forward for Hopper in Gluon: the unmasked box walk with the softmax of KV tile t
+running while the tensor cores do the PV matmul of tile t-1.
+
+Why: the Triton kernel (triton_gna.py) is softmax-bound. Triton 3.6's pipeliner waits for
+S = QK^T and then runs the softmax with the tensor cores idle (benchmarks/NOTES.md, runs 6
+and 7). Gluon (`triton.experimental.gluon`) exposes the wgmma waits, so this loop issues
+S_t and PV_{t-1} together, waits for S_t only (`warpgroup_mma_wait(1)`), and runs the
+softmax of S_t during PV_{t-1} (FlashAttention-3's intra-warpgroup pipelining). The SASS
+read offline shows this order (tests/test_gluon_gna.py).
+
+Scope (``unsupported_reason`` says why a problem is out of it): the perfectly block-sparse
+case only. That means tiled token order, contiguous q/k/v, no extra tokens, no key mask, no
+dilation or causal dims, a grid the Q tile divides, KV tile = Q tile of 128 tokens, every
+visited KV tile full, head dim 64 or 128, bf16/fp16. Everything else stays on the Triton
+kernel.
+
+EXPERIMENTAL: this kernel has only been compiled offline (no GPU this session), so nothing
+selects it unless ``GNA_GLUON=1``; tests/test_gluon_gna.py checks it against the reference
+on a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+try:  # Gluon ships with Triton >= 3.5; without it this backend is simply unavailable.
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                                  warpgroup_mma, warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    # Triton 3.6 names the TMA copies async_copy_global_to_shared / _shared_to_global; later
+    # versions call them async_load / async_store (and make the old names raise).
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # renamed after 3.6
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    HAVE_GLUON = False
+
+LOG2E = 1.4426950408889634
+BLOCK = 128
+
+
+def enabled() -> bool:
+    return HAVE_GLUON and os.environ.get("GNA_GLUON", "0") == "1"
+
+
+def unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, key_mask, natural):
+    """None when the Gluon kernel handles this call, else why not (a sentence)."""
+    if not HAVE_GLUON:
+        return "this Triton has no Gluon"
+    if natural:
+        return "needs tiled token order"
+    if extra_prefix or extra_suffix:
+        return "extra tokens are not handled"
+    if key_mask is not None:
+        return "key masks are not handled"
+    if any(d > 1 for d in spec.dilation) or any(spec.causal):
+        return "dilation and causal dims are not handled"
+    if tuple(q_tile) != tuple(kv_tile) or math.prod(q_tile) != BLOCK:
+        return f"needs KV tile = Q tile of {BLOCK} tokens"
+    if any(n % t for n, t in zip(spec.shape, q_tile)):
+        return "the Q tile must divide the grid (no padding)"
+    if not _all_full(spec, tuple(q_tile)):
+        return "some visited KV tiles are partial (not perfectly block-sparse)"
+    D = q.shape[-1]
+    if D not in (64, 128) or k.shape[-1] != D or v.shape[-1] != D:
+        return "head dim must be 64 or 128"
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return "needs bf16 or fp16"
+    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
+        return "needs contiguous q, k, v"
+    B, H, N, _ = q.shape
+    if max(B * H, B * k.shape[1]) * N >= 2 ** 31:
+        return "TMA row coordinates must fit in int32"
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _all_full(spec, q_tile) -> bool:
+    from .tile_choice import tile_stats
+    vis, full, _, _ = tile_stats(spec, q_tile, q_tile)
+    return vis == full
+
+
+if HAVE_GLUON:
+    @gluon.jit
+    def _full_range(qt, n, w, s, T: gl.constexpr):
+        """KV tiles [f_lo, f_hi] every query of Q tile ``qt`` sees in one dim (non-causal,
+        no dilation; gna_compile.mask.key_range): the window of its last query's start to
+        its first query's end."""
+        wl = w // 2
+        wr = w // 2 + w % 2 - 1
+        a = qt * T
+        b = a + T - 1
+        lead_a = gl.minimum((a // s) * s + s // 2, n - 1)
+        lead_b = gl.minimum((b // s) * s + s // 2, n - 1)
+        hi_a = gl.maximum(gl.minimum(lead_a, n - 1 - wr), wl) + wr
+        lo_b = gl.maximum(gl.minimum(lead_b, n - 1 - wr), wl) - wl
+        return (lo_b + T - 1) // T, (hi_a + 1) // T - 1
+
+    @gluon.jit
+    def _next(c0, c1, c2, lo1, lo2, hi1, hi2):
+        """Next tile of a row-major walk over the box (inclusive upper bounds)."""
+        c2 += 1
+        w2 = c2 > hi2
+        c2 = gl.where(w2, lo2, c2)
+        c1 = gl.where(w2, c1 + 1, c1)
+        w1 = c1 > hi1
+        c1 = gl.where(w1, lo1, c1)
+        c0 = gl.where(w1, c0 + 1, c0)
+        return c0, c1, c2
+
+    @gluon.jit
+    def _row(c0, c1, c2, NT1, NT2, BM: gl.constexpr):
+        return ((c0 * NT1 + c1) * NT2 + c2) * BM
+
+    @gluon.jit
+    def _load(desc, row, bar, dst, pred):
+        mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
+        _tma_load(desc, [row, 0], bar, dst, pred=pred)
+
+    @gluon.jit
+    def _gna_fwd_gluon(q_desc, k_desc, v_desc, o_desc, LSE, N, G, NT1, NT2,
+                       n0, n1, n2, w0, w1, w2, s0, s1, s2, qk_scale,
+                       T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr, num_warps: gl.constexpr):
+        BM: gl.constexpr = q_desc.block_type.shape[0]
+        D: gl.constexpr = q_desc.block_type.shape[1]
+        dt: gl.constexpr = q_desc.dtype
+        s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                      instr_shape=[16, BM, 16])
+        o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                      instr_shape=[16, D, 16])
+        p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_l)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_l)
+
+        qt = gl.program_id(0)
+        h = gl.program_id(1)
+        b = gl.program_id(2)
+        H = gl.num_programs(1)
+        q_row = (b * H + h) * N + qt * BM
+        kv_base = (b * (H // G) + h // G) * N
+
+        # The KV box of this Q tile: all of it is full (unsupported_reason checked that).
+        q2 = qt % NT2
+        q1 = (qt // NT2) % NT1
+        q0 = qt // (NT1 * NT2)
+        lo0, hi0 = _full_range(q0, n0, w0, s0, T0)
+        lo1, hi1 = _full_range(q1, n1, w1, s1, T1)
+        lo2, hi2 = _full_range(q2, n2, w2, s2, T2)
+        n_kv = (hi0 - lo0 + 1) * (hi1 - lo1 + 1) * (hi2 - lo2 + 1)
+
+        q_s = gl.allocate_shared_memory(dt, [BM, D], q_desc.layout)
+        k_s = gl.allocate_shared_memory(dt, [2, BM, D], k_desc.layout)
+        v_s = gl.allocate_shared_memory(dt, [2, BM, D], v_desc.layout)
+        bq = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        bk = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        bv = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(bq, count=1)
+        for i in gl.static_range(2):
+            mbarrier.init(bk.index(i), count=1)
+            mbarrier.init(bv.index(i), count=1)
+        fence_async_shared()
+
+        # Prologue: Q, K/V of tiles 0 and 1 (stage = tile % 2).
+        _load(q_desc, q_row, bq, q_s, True)
+        a0, a1, a2 = lo0, lo1, lo2  # tile 0
+        _load(k_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bk.index(0), k_s.index(0), True)
+        _load(v_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bv.index(0), v_s.index(0), True)
+        a0, a1, a2 = _next(a0, a1, a2, lo1, lo2, hi1, hi2)  # tile 1
+        _load(k_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bk.index(1), k_s.index(1), n_kv > 1)
+        _load(v_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bv.index(1), v_s.index(1), n_kv > 1)
+        # Cursors of the next loads: K two tiles ahead of the softmax, V one ahead.
+        v0, v1, v2 = _next(a0, a1, a2, lo1, lo2, hi1, hi2)  # tile 2
+        k0, k1, k2 = v0, v1, v2
+
+        mbarrier.wait(bq, 0)
+        mbarrier.wait(bk.index(0), 0)
+        s = warpgroup_mma(q_s, k_s.index(0).permute((1, 0)), gl.zeros([BM, BM], gl.float32, s_l),
+                          use_acc=False)
+        m = gl.max(s, 1) * qk_scale
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
+        l = gl.sum(p, 1)
+        p_op = gl.convert_layout(p.to(dt), p_l)
+        o = gl.zeros([BM, D], gl.float32, o_l)
+        _cta_barrier()  # every warpgroup is done with K stage 0
+        _load(k_desc, kv_base + _row(k0, k1, k2, NT1, NT2, BM), bk.index(0), k_s.index(0), n_kv > 2)
+        k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
+
+        for t in range(1, n_kv):
+            st = t % 2
+            sp = 1 - st
+            mbarrier.wait(bk.index(st), (t // 2) % 2)
+            s = warpgroup_mma(q_s, k_s.index(st).permute((1, 0)), s, use_acc=False, is_async=True)
+            mbarrier.wait(bv.index(sp), ((t - 1) // 2) % 2)
+            o = warpgroup_mma(p_op, v_s.index(sp), o, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            _cta_barrier()  # every warpgroup is done with K stage st: load K of tile t + 2
+            _load(k_desc, kv_base + _row(k0, k1, k2, NT1, NT2, BM), bk.index(st), k_s.index(st), t + 2 < n_kv)
+            k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
+            # Softmax of tile t while PV of tile t-1 runs.
+            m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
+            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m - m_new)
+            l = l * alpha + gl.sum(p, 1)
+            m = m_new
+            p_next = gl.convert_layout(p.to(dt), p_l)
+            # The PV in flight reads p_op from registers: it stays alive until this wait; p_next
+            # is a dependency too, so that the softmax is computed before the wait, not sunk
+            # past it by the compiler.
+            o, p_op, p_next = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op, p_next))
+            p_op = p_next
+            _cta_barrier()  # every warpgroup is done with V stage sp: load V of tile t + 1
+            _load(v_desc, kv_base + _row(v0, v1, v2, NT1, NT2, BM), bv.index(sp), v_s.index(sp), t + 1 < n_kv)
+            v0, v1, v2 = _next(v0, v1, v2, lo1, lo2, hi1, hi2)
+            o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+
+        last = (n_kv - 1) % 2
+        mbarrier.wait(bv.index(last), ((n_kv - 1) // 2) % 2)
+        o = warpgroup_mma(p_op, v_s.index(last), o)
+        for i in gl.static_range(2):
+            mbarrier.invalidate(bk.index(i))
+            mbarrier.invalidate(bv.index(i))
+        mbarrier.invalidate(bq)
+
+        o = o / gl.expand_dims(gl.convert_layout(l, row_o), 1)
+        lse = (m + gl.log2(l)) * 0.6931471805599453
+        offs = gl.arange(0, BM, layout=row_s)
+        gl.store(LSE + q_row + offs, lse)
+        q_s.store(o.to(dt))  # Q is no longer read: its buffer stages O for the TMA store
+        fence_async_shared()
+        _tma_store(o_desc, [q_row, 0], q_s)
+        tma.store_wait(0)
+
+
+def launch_args(q, k, v, spec, q_tile, out, lse, scale=None):
+    """``(grid, args, meta)`` of one launch (also used to compile offline). The caller has
+    checked ``unsupported_reason``."""
+    B, H, N, D = q.shape
+    Hkv = k.shape[1]
+    r = spec.rank
+    pad = lambda t, f: (f,) * (3 - r) + tuple(t)  # noqa: E731
+    shape3, win3, str3, tq3 = pad(spec.shape, 1), pad(spec.window, 1), pad(spec.stride, 1), pad(q_tile, 1)
+    nt = [n // t for n, t in zip(shape3, tq3)]
+    gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK, D], gdt)
+    desc = lambda x, rows: TensorDescriptor(x, [rows, D], [D, 1], [BLOCK, D], layout)  # noqa: E731
+    scale = D ** -0.5 if scale is None else scale
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    grid = (math.prod(nt), H, B)
+    args = (desc(q, B * H * N), desc(k, B * Hkv * N), desc(v, B * Hkv * N), desc(out, B * H * N), lse,
+            N, H // Hkv, nt[1], nt[2], *shape3, *win3, *str3, scale * LOG2E)
+    meta = dict(T0=tq3[0], T1=tq3[1], T2=tq3[2])
+    return grid, args, meta
+
+
+def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8):
+    """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout); returns
+    ``(out, lse)`` in that layout."""
+    B, H, N, D = q.shape
+    out = torch.empty_like(q) if out is None else out
+    lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if lse is None else lse
+    if not (out.is_contiguous() and lse.is_contiguous()):
+        raise ValueError("out and lse must be contiguous")
+    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale)
+    _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps)
+    return out, lse
