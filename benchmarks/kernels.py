@@ -14,6 +14,9 @@ tiles weighted by the kernel's measured mask penalty, triton_gna.PARTIAL_PENALTY
 O) / kernel time. ``--check`` first compares ours, ours-nat and flex with the reference on
 two heads (relative L2 error) and refuses to time a wrong kernel. Every time is the median
 of ``--rounds`` do_bench medians taken in rotated order (spreads are in the JSON).
+``--gluon`` also times the experimental Gluon kernel (kernels/gluon_gna.py) on permuted tensors
+where it applies (perfectly block-sparse, no extra tokens), checked like the others, in the
+same rounds, and prints it under the table.
 """
 
 from __future__ import annotations
@@ -118,8 +121,8 @@ def copy_bandwidth():
     return 2 * x.numel() * 2 / (t * 1e-3) / 1e9  # GB/s, read + write
 
 
-def run_case(name, cfg, check, flex_ok, log):
-    from gna_compile.kernels import flex_backend
+def run_case(name, cfg, check, flex_ok, log, gluon=False):
+    from gna_compile.kernels import flex_backend, gluon_gna
     shape, window, stride, P = cfg
     spec = make_spec(shape, window, stride)
     N = P + spec.num_tokens
@@ -150,6 +153,22 @@ def run_case(name, cfg, check, flex_ok, log):
         perm(q), perm(k), perm(v)
         return unpermute_tokens_triton(o_p, shape, qt, P, 0)
 
+    gluon_fn = None
+    if gluon:
+        why = gluon_gna.unsupported_reason(qp, kp, vp, spec, qt, kt, P, 0, None, False)
+        res["gluon_applies"] = why or "yes"
+        if why is None:
+            o_g = torch.empty_like(qp)
+            l_g = torch.empty(1, H, qp.shape[2], device="cuda", dtype=torch.float32)
+            gluon_fn = lambda: gluon_gna.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g)  # noqa: E731
+            try:
+                gluon_fn()
+                torch.cuda.synchronize()
+            except Exception as e:  # keep the table going; report why
+                log(f"# {name}: gluon failed: {type(e).__name__}: {e}")
+                res["gluon_applies"] = f"failed: {type(e).__name__}"
+                gluon_fn = None
+
     flex_fn = None
     if flex_ok:
         try:
@@ -178,6 +197,15 @@ def run_case(name, cfg, check, flex_ok, log):
         if flex_fn is not None:
             fo, _ = flex_fn()
             res["err_flex"] = rel_err(unpermute_tokens(fo[:, hs], shape, fq, P, 0), ref_o)
+        if gluon_fn is not None:
+            go, gl_ = gluon_fn()
+            res["err_gluon"] = rel_err(unpermute_tokens(go[:, hs], shape, qt, P, 0), ref_o)
+            gl_nat = unpermute_tokens(gl_[:, hs, :, None], shape, qt, P, 0)[..., 0]
+            res["lse_err_gluon"] = (gl_nat[fin] - ref_l[fin]).abs().max().item()
+            if not (res["err_gluon"] < 2e-2 and res["lse_err_gluon"] < 2e-2):
+                log(f"# {name}: gluon WRONG (err {res['err_gluon']:.2e}, lse {res['lse_err_gluon']:.2e}); not timed")
+                res["gluon_applies"] = "wrong result"
+                gluon_fn = None
         del ref_o, ref_l
         bad = [k_ for k_ in ("err_nat", "err_perm", "err_plus_perm") if not res[k_] < 2e-2]
         if res.get("err_flex", 0) >= 2e-2 or res.get("err_flex", 0) != res.get("err_flex", 0):
@@ -195,6 +223,8 @@ def run_case(name, cfg, check, flex_ok, log):
 
     fns = {"cudnn_ms": cudnn, "flex_ms": flex_fn, "ours_ms": ours_perm, "ours_nat_ms": ours_nat,
            "ours_perm_ms": ours_plus_perm, "permutes_ms": permutes}
+    if gluon_fn is not None:
+        fns["gluon_ms"] = gluon_fn
     res.update(bench_rounds(fns, ROUNDS))
     best = min(res["ours_ms"], res["ours_nat_ms"])
     res["best_ms"] = best
@@ -205,6 +235,10 @@ def run_case(name, cfg, check, flex_ok, log):
     res["flop_bound_x"] = (N * N) / attended_pairs(spec, P)
     res["sim_x"], res["block_sparse"], res["sim_penalty"] = sim_speedup(spec, qt, kt, P)
     res["perm_share"] = res["permutes_ms"] / res["ours_ms"]
+    if "gluon_ms" in res:
+        res["gluon_x_flex"] = res["flex_ms"] / res["gluon_ms"]
+        res["gluon_x_cudnn"] = res["cudnn_ms"] / res["gluon_ms"]
+        res["gluon_tflops"] = pairs * 4 * D / (res["gluon_ms"] * 1e-3) / 1e12
     perm_bytes = (4 * q.numel() + 4 * qp.numel()) * q.element_size()
     res["perm_GBps"] = perm_bytes / (res["permutes_ms"] * 1e-3) / 1e9
     res["config"] = {str(k_): v_ for k_, v_ in triton_gna._CONFIG_CACHE.items() if k_[1] == tuple(qt)}
@@ -239,6 +273,7 @@ def main():
     ap.add_argument("--check", action="store_true", help="verify every kernel against the reference first")
     ap.add_argument("--cases", default="", help="comma-separated subset of case names")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--gluon", action="store_true", help="also time the experimental Gluon kernel")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (median), order rotated")
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="directory for results.json")
     args = ap.parse_args()
@@ -262,7 +297,7 @@ def main():
     results = []
     for name in names:
         t0 = time.time()
-        r = run_case(name, all_cases[name], args.check, not args.no_flex, log)
+        r = run_case(name, all_cases[name], args.check, not args.no_flex, log, args.gluon)
         r["wall_s"] = time.time() - t0
         results.append(r)
         log("# " + json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in r.items()
@@ -284,6 +319,12 @@ def main():
     log("permutation bandwidth (Q,K,V permute + O unpermute): "
         + ", ".join(f"{r['case']} {r['perm_GBps']:.0f} GB/s ({100 * r['perm_GBps'] / bw:.0f}% of copy)"
                     for r in results if not r.get("wrong")))
+    if args.gluon:
+        log("gluon (experimental, permuted tensors): " + "; ".join(
+            f"{r['case']} " + (f"{r['gluon_ms']:.2f} ms, x-flex {r['gluon_x_flex']:.2f}, x-cuDNN "
+                               f"{r['gluon_x_cudnn']:.2f}, {r['gluon_tflops']:.0f} TFLOP/s"
+                               if "gluon_ms" in r else f"not timed ({r.get('gluon_applies')})")
+            for r in results if not r.get("wrong")))
     fit = mask_penalty_fit(results, all_cases)
     if fit:
         log(fit)
