@@ -12,42 +12,23 @@ import gna_compile
 from gna_compile import GNA, Policy
 from gna_compile.models import TinyVideoDiT
 
-diffusers = pytest.importorskip("diffusers")
+import tiny_diffusers
+
+pytest.importorskip("diffusers")
 
 
 def flux():
-    m = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
-    h, w, text = 8, 16, 5
-    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(h)), torch.arange(float(w)),
-                                     indexing="ij"), -1)
-    kw = dict(hidden_states=torch.randn(1, h * w, 4), encoder_hidden_states=torch.randn(1, text, 16),
-              pooled_projections=torch.randn(1, 8), timestep=torch.tensor([1.0]),
-              img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text, 3))
-    return m, kw, Policy(default=GNA((4, 8), (4, 8)), layout=(h, w))
+    m, kw = tiny_diffusers.flux(grid=(8, 16), layers=2, single_layers=2)
+    return m, kw, Policy(default=GNA((4, 8), (4, 8)), layout=(8, 16))
 
 
 def hunyuan():
-    m = diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
-        num_single_layers=2, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
-        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
-        rope_axes_dim=(2, 2, 4))
-    kw = dict(hidden_states=torch.randn(1, 4, 2, 16, 16), timestep=torch.tensor([1.0]),
-              encoder_hidden_states=torch.randn(1, 5, 16),
-              encoder_attention_mask=torch.tensor([[True, True, True, False, False]]),
-              pooled_projections=torch.randn(1, 8), guidance=torch.tensor([1.0]))
+    m, kw = tiny_diffusers.hunyuan(grid=(2, 8, 8), layers=2, single_layers=2)
     return m, kw, Policy(default=GNA((2, 4, 4), (2, 4, 4)))
 
 
 def cosmos():
-    m = diffusers.CosmosTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=24, num_layers=2,
-        mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2),
-        rope_scale=(1.0, 1.0, 1.0), concat_padding_mask=False, extra_pos_embed_type="learnable")
-    kw = dict(hidden_states=torch.randn(1, 4, 2, 16, 16), timestep=torch.tensor([1.0]),
-              encoder_hidden_states=torch.randn(1, 5, 16))
+    m, kw = tiny_diffusers.cosmos(grid=(2, 8, 8), layers=2, learnable_pos=True)
     return m, kw, Policy(default=GNA((2, 4, 4), (2, 4, 4)))
 
 

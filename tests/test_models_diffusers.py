@@ -13,46 +13,25 @@ import torch
 import gna_compile
 from gna_compile import GNA, Policy
 
+import tiny_diffusers
 from backend_models import reference_sdpa
 
-diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("diffusers")
 
 
 def flux():
-    m = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
-    grid, text = (4, 6), 5
-    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(6.0), indexing="ij"), -1)
-    kwargs = dict(hidden_states=torch.randn(1, 24, 4), encoder_hidden_states=torch.randn(1, text, 16),
-                  pooled_projections=torch.randn(1, 8), timestep=torch.tensor([1.0]),
-                  img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text, 3))
-    return m, kwargs, grid, dict(extra_prefix=text), 3, dict(layout=grid)
+    m, kwargs = tiny_diffusers.flux(grid=(4, 6))
+    return m, kwargs, (4, 6), dict(extra_prefix=5), 3, dict(layout=(4, 6))
 
 
 def hunyuan():
-    m = diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
-        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
-        rope_axes_dim=(2, 2, 4))
-    grid, text = (3, 4, 4), 5
-    kwargs = dict(hidden_states=torch.randn(1, 4, 3, 8, 8), timestep=torch.tensor([1.0]),
-                  encoder_hidden_states=torch.randn(1, text, 16),
-                  encoder_attention_mask=torch.tensor([[True, True, True, False, False]]),
-                  pooled_projections=torch.randn(1, 8), guidance=torch.tensor([1.0]))
-    return m, kwargs, grid, dict(extra_suffix=text), 2, {}
+    m, kwargs = tiny_diffusers.hunyuan(grid=(3, 4, 4))
+    return m, kwargs, (3, 4, 4), dict(extra_suffix=5), 2, {}
 
 
 def cosmos():
-    m = diffusers.CosmosTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=24, num_layers=2,
-        mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2),
-        rope_scale=(1.0, 1.0, 1.0), concat_padding_mask=False, extra_pos_embed_type=None)
-    grid = (3, 4, 4)
-    kwargs = dict(hidden_states=torch.randn(1, 4, 3, 8, 8), timestep=torch.tensor([1.0]),
-                  encoder_hidden_states=torch.randn(1, 5, 16))
-    return m, kwargs, grid, {}, 2, {}
+    m, kwargs = tiny_diffusers.cosmos(grid=(3, 4, 4))
+    return m, kwargs, (3, 4, 4), {}, 2, {}
 
 
 MODELS = {"flux": flux, "hunyuan": hunyuan, "cosmos": cosmos}

@@ -1,0 +1,50 @@
+"""Tiny diffusers FLUX / HunyuanVideo / Cosmos transformers and their inputs, for CPU tests
+(random weights, no hub). Not collected by pytest (no test_ prefix). Each builder returns
+``(model, forward kwargs)``; the sizes are parameters because the tests need different
+depths and grids (the visual grid is given in latent tokens after patching).
+"""
+
+import torch
+
+
+def flux(grid=(4, 6), text=5, layers=1, single_layers=2):
+    import diffusers
+    m = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=layers, num_single_layers=single_layers, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=(2, 2, 4))
+    h, w = grid
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(float(h)), torch.arange(float(w)),
+                                     indexing="ij"), -1)
+    kw = dict(hidden_states=torch.randn(1, h * w, 4), encoder_hidden_states=torch.randn(1, text, 16),
+              pooled_projections=torch.randn(1, 8), timestep=torch.tensor([1.0]),
+              img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text, 3))
+    return m, kw
+
+
+def hunyuan(grid=(3, 4, 4), layers=1, single_layers=1):
+    """Text of 5 tokens, the last 2 masked out (a bool padding mask, as the pipeline passes)."""
+    import diffusers
+    m = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=layers,
+        num_single_layers=single_layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 2, 4))
+    t, h, w = grid
+    kw = dict(hidden_states=torch.randn(1, 4, t, 2 * h, 2 * w), timestep=torch.tensor([1.0]),
+              encoder_hidden_states=torch.randn(1, 5, 16),
+              encoder_attention_mask=torch.tensor([[True, True, True, False, False]]),
+              pooled_projections=torch.randn(1, 8), guidance=torch.tensor([1.0]))
+    return m, kw
+
+
+def cosmos(grid=(3, 4, 4), layers=2, learnable_pos=False):
+    import diffusers
+    m = diffusers.CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=24, num_layers=layers,
+        mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2),
+        rope_scale=(1.0, 1.0, 1.0), concat_padding_mask=False,
+        extra_pos_embed_type="learnable" if learnable_pos else None)
+    t, h, w = grid
+    kw = dict(hidden_states=torch.randn(1, 4, t, 2 * h, 2 * w), timestep=torch.tensor([1.0]),
+              encoder_hidden_states=torch.randn(1, 5, 16))
+    return m, kw
