@@ -14,7 +14,7 @@ dilation or causal dims, a grid the Q tile divides, KV tile = Q tile of 128 toke
 visited KV tile full, head dim 64 or 128, bf16/fp16. Everything else stays on the Triton
 kernel.
 
-EXPERIMENTAL: this kernel has only been compiled offline (no GPU this session), so nothing
+EXPERIMENTAL: so far this kernel has only been compiled offline, never run, so nothing
 selects it unless ``GNA_GLUON=1``; tests/test_gluon_gna.py checks it against the reference
 on a GPU.
 """
@@ -53,6 +53,8 @@ def unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffi
     """None when the Gluon kernel handles this call, else why not (a sentence)."""
     if not HAVE_GLUON:
         return "this Triton has no Gluon"
+    if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] != 9:
+        return "needs a Hopper GPU (wgmma, sm_90)"
     if natural:
         return "needs tiled token order"
     if extra_prefix or extra_suffix:
