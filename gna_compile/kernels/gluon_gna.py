@@ -129,7 +129,11 @@ if HAVE_GLUON:
     @gluon.jit
     def _gna_fwd_gluon(q_desc, k_desc, v_desc, o_desc, LSE, N, G, NT1, NT2,
                        n0, n1, n2, w0, w1, w2, s0, s1, s2, qk_scale,
-                       T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr, num_warps: gl.constexpr):
+                       T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr, num_warps: gl.constexpr,
+                       OVERLAP: gl.constexpr = True):
+        """One Q tile (program 0), head (1), batch (2). OVERLAP=False waits for each matmul
+        right away (same loads, same order otherwise): a debugging baseline that separates a
+        pipelining hazard from an indexing bug."""
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         dt: gl.constexpr = q_desc.dtype
@@ -198,10 +202,11 @@ if HAVE_GLUON:
             st = t % 2
             sp = 1 - st
             mbarrier.wait(bk.index(st), (t // 2) % 2)
-            s = warpgroup_mma(q_s, k_s.index(st).permute((1, 0)), s, use_acc=False, is_async=True)
+            s = warpgroup_mma(q_s, k_s.index(st).permute((1, 0)), s, use_acc=False, is_async=OVERLAP)
             mbarrier.wait(bv.index(sp), ((t - 1) // 2) % 2)
-            o = warpgroup_mma(p_op, v_s.index(sp), o, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            o = warpgroup_mma(p_op, v_s.index(sp), o, is_async=OVERLAP)
+            if OVERLAP:
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
             _cta_barrier()  # every warpgroup is done with K stage st: load K of tile t + 2
             _load(k_desc, kv_base + _row(k0, k1, k2, NT1, NT2, BM), bk.index(st), k_s.index(st), t + 2 < n_kv)
             k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
@@ -215,7 +220,8 @@ if HAVE_GLUON:
             # The PV in flight reads p_op from registers: it stays alive until this wait; p_next
             # is a dependency too, so that the softmax is computed before the wait, not sunk
             # past it by the compiler.
-            o, p_op, p_next = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op, p_next))
+            if OVERLAP:
+                o, p_op, p_next = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op, p_next))
             p_op = p_next
             _cta_barrier()  # every warpgroup is done with V stage sp: load V of tile t + 1
             _load(v_desc, kv_base + _row(v0, v1, v2, NT1, NT2, BM), bv.index(sp), v_s.index(sp), t + 1 < n_kv)
@@ -262,14 +268,14 @@ def launch_args(q, k, v, spec, q_tile, out, lse, scale=None):
     return grid, args, meta
 
 
-def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8):
+def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8, overlap=True):
     """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout); returns
-    ``(out, lse)`` in that layout."""
+    ``(out, lse)`` in that layout. ``overlap=False``: the debugging baseline (see kernel)."""
     B, H, N, D = q.shape
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if lse is None else lse
     if not (out.is_contiguous() and lse.is_contiguous()):
         raise ValueError("out and lse must be contiguous")
     grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale)
-    _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps)
+    _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, OVERLAP=overlap)
     return out, lse

@@ -1,0 +1,102 @@
+"""Device run: the experimental Gluon kernel (gna_compile/kernels/gluon_gna.py) on a ladder of
+perfectly block-sparse problems, from one KV tile per Q tile up to the paper's shapes.
+
+Its first run on a GPU, so this script is made to localise a failure, not just to report one:
+- every rung runs with the pipelined loop (overlap) and with the matmuls waited at once
+  (baseline). Baseline right and overlap wrong means a pipelining hazard; both wrong means
+  an indexing, phase or layout bug;
+- each rung reports the relative error, NaNs (outputs are poisoned first), the LSE error,
+  and the worst Q tiles with their KV-tile count;
+- the shapes climb in KV tiles per Q tile (1, 2, 3, 5, 12), so the first wrong rung points at
+  the stage or phase logic it exercises (2 stages: a third tile reuses stage 0).
+
+    python tools/gpu/gluon_debug.py [--out DIR]
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import torch  # noqa: E402
+
+from gna_compile.config import make_spec  # noqa: E402
+from gna_compile.kernels import gluon_gna  # noqa: E402
+from gna_compile.kernels.permute import permute_tokens, unpermute_tokens  # noqa: E402
+from gna_compile.kernels.reference import reference_attention  # noqa: E402
+
+# name: (shape, window, stride, q_tile, B, H, Hkv, D, dtype)
+LADDER = {
+    "kv1": ((32, 64), (8, 16), (8, 16), (8, 16), 1, 1, 1, 128, torch.bfloat16),
+    "kv2": ((32, 64), (8, 32), (8, 32), (8, 16), 1, 1, 1, 128, torch.bfloat16),
+    "kv3": ((32, 64), (8, 48), (8, 16), (8, 16), 1, 1, 1, 128, torch.bfloat16),
+    "kv5": ((16, 128), (8, 80), (8, 16), (8, 16), 1, 2, 2, 128, torch.bfloat16),
+    "kv12_2d": ((32, 64), (32, 48), (16, 16), (8, 16), 2, 4, 2, 128, torch.bfloat16),
+    "kv12_3d_d64_fp16": ((4, 16, 32), (4, 16, 24), (4, 16, 16), (2, 8, 8), 2, 4, 2, 64, torch.float16),
+    "flux_s16": ((256, 256), (80, 80), (16, 16), (8, 16), 1, 2, 2, 128, torch.bfloat16),
+    "hunyuan_s16x8x8": ((30, 48, 80), (18, 24, 24), (16, 8, 8), (2, 8, 8), 1, 2, 2, 128, torch.bfloat16),
+    "cosmos_bs90": ((16, 44, 80), (16, 14, 24), (1, 1, 8), (16, 1, 8), 1, 2, 2, 128, torch.bfloat16),
+}
+
+
+def rung(name, overlap):
+    shape, w, s, qt, B, H, Hkv, D, dtype = LADDER[name]
+    spec = make_spec(shape, w, s)
+    N = spec.num_tokens
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, h, N, D, device="cuda", generator=g).to(dtype) for h in (H, Hkv, Hkv))
+    tiled = [permute_tokens(t, shape, qt, 0, 0).contiguous() for t in (q, k, v)]
+    why = gluon_gna.unsupported_reason(*tiled, spec, qt, qt, 0, 0, None, False)
+    if why:
+        return dict(case=name, overlap=overlap, skipped=why)
+    out = torch.full_like(tiled[0], float("nan"))
+    lse = torch.full(tiled[0].shape[:3], float("nan"), device="cuda")
+    try:
+        gluon_gna.gna_forward_gluon(*tiled, spec, qt, 0.8 / math.sqrt(D), out, lse, overlap=overlap)
+        torch.cuda.synchronize()
+    except Exception as e:  # report and go on with the ladder
+        return dict(case=name, overlap=overlap, error=f"{type(e).__name__}: {e}"[:300])
+    ref_o, ref_l = reference_attention(q.float(), k.float(), v.float(), spec, 0, 0, 0.8 / math.sqrt(D), None)
+    ref_t = permute_tokens(ref_o, shape, qt, 0, 0)  # compare tile by tile in the kernel's order
+    bm = math.prod(qt)
+    diff = (out.float() - ref_t).abs().nan_to_num(float("inf"))
+    per_tile = diff.view(B, H, -1, bm, D).amax(dim=(0, 1, 3, 4))
+    worst = torch.topk(per_tile, min(4, per_tile.numel()))
+    o_nat = unpermute_tokens(out, shape, qt, 0, 0)
+    l_nat = unpermute_tokens(lse[..., None], shape, qt, 0, 0)[..., 0]
+    err = ((o_nat.double() - ref_o.double()).norm() / ref_o.double().norm()).item()
+    from gna_compile.kernels.tile_choice import tile_stats
+    vis, _, _, _ = tile_stats(spec, qt, qt)
+    return dict(case=name, overlap=overlap, rel_err=err, nan_out=int(torch.isnan(out).sum()),
+                nan_lse=int(torch.isnan(lse).sum()),
+                lse_err=(l_nat.double() - ref_l.double()).abs().max().item(),
+                kv_tiles_per_q_tile=vis / per_tile.numel(),
+                worst_tiles=[(int(i), float(x)) for x, i in zip(worst.values, worst.indices)],
+                ok=bool(err < 2e-2 and torch.isfinite(out).all()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    a = ap.parse_args()
+    print(f"# {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {__import__('triton').__version__}")
+    rows = []
+    for name in LADDER:
+        for overlap in (False, True):
+            r = rung(name, overlap)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    print(f"\n{'case':<18}{'kv/q':>5} {'baseline':>10} {'overlap':>10}")
+    for name in LADDER:
+        b, o = (next(r for r in rows if r["case"] == name and r["overlap"] == ov) for ov in (False, True))
+        cell = lambda r: ("skip" if "skipped" in r else "ERROR" if "error" in r  # noqa: E731
+                          else f"{r['rel_err']:.1e}{'' if r['ok'] else '!'}")
+        print(f"{name:<18}{o.get('kv_tiles_per_q_tile', 0):5.0f} {cell(b):>10} {cell(o):>10}")
+    if a.out:
+        with open(os.path.join(a.out, "gluon_debug.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
