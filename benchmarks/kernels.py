@@ -15,7 +15,7 @@ O) / kernel time. ``--check`` first compares ours, ours-nat and flex with the re
 two heads (relative L2 error) and refuses to time a wrong kernel. Every time is the median
 of ``--rounds`` do_bench medians taken in rotated order (spreads are in the JSON).
 ``--gluon`` also times the experimental Gluon kernel (kernels/gluon_gna.py) on permuted tensors
-where it applies (perfectly block-sparse, no extra tokens), checked like the others, in the
+where it applies (perfectly block-sparse, extra tokens in whole tiles), checked like the others, in the
 same rounds, and prints it under the table.
 """
 
@@ -160,7 +160,8 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
         if why is None:
             o_g = torch.empty_like(qp)
             l_g = torch.empty(1, H, qp.shape[2], device="cuda", dtype=torch.float32)
-            gluon_fn = lambda: gluon_gna.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g)  # noqa: E731
+            gluon_fn = lambda: gluon_gna.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g,  # noqa: E731
+                                                           extra_prefix=P)
             try:
                 gluon_fn()
                 torch.cuda.synchronize()

@@ -101,8 +101,27 @@ def _variants(args, model):
         ("compile", "compile default (dense)", lambda: torch.compile(model), None),
         ("gna", "gna", lambda: gna(True), None),
         ("gna-dense", "gna in dense_attention()", None, gna_compile.dense_attention),  # same model
+        ("gna-gluon", "gna, Gluon kernel", None, _gluon_kernel),  # same model; only if named
         ("gna-nohoist", "gna, no hoisting", lambda: gna(False), None),
     ]
+
+
+OPT_IN = {"gna-gluon"}  # variants run only when --variants names them
+
+
+@contextlib.contextmanager
+def _gluon_kernel():
+    """The experimental Gluon kernel (GNA_GLUON=1) for the calls it takes; read per call, so
+    the compiled gna model needs no recompile."""
+    old = os.environ.get("GNA_GLUON")
+    os.environ["GNA_GLUON"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["GNA_GLUON"]
+        else:
+            os.environ["GNA_GLUON"] = old
 
 
 def run(args) -> dict:
@@ -114,7 +133,8 @@ def run(args) -> dict:
           f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}",
           flush=True)
     rows, fn, outputs = [], None, {}
-    wanted = None if not args.variants else {v.strip() for v in args.variants.split(",")}
+    wanted = ({k for k, *_ in _variants(args, model)} - OPT_IN if not args.variants
+              else {v.strip() for v in args.variants.split(",")})
     with torch.inference_mode():
         for key, name, factory, ctx in _variants(args, model):
             if wanted is not None and key not in wanted:
@@ -149,6 +169,9 @@ def run(args) -> dict:
     if "gna" in outputs and "gna, no hoisting" in outputs:  # hoisting must not change results
         a, b = outputs["gna"], outputs["gna, no hoisting"]
         print(f"  check: |gna - gna without hoisting| / |.| = {((a - b).norm() / b.norm()).item():.2e}")
+    if "gna" in outputs and "gna, Gluon kernel" in outputs:
+        a, b = outputs["gna, Gluon kernel"], outputs["gna"]
+        print(f"  check: |gna Gluon - gna| / |.| = {((a - b).norm() / b.norm()).item():.2e}")
     if "gna in dense_attention()" in outputs and "eager dense (SDPA)" in outputs:
         a, b = outputs["gna in dense_attention()"], outputs["eager dense (SDPA)"]
         print(f"  check: |gna in dense mode - eager dense| / |.| = {((a - b).norm() / b.norm()).item():.2e}")
@@ -210,7 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="local diffusers checkpoint dir (default: random weights)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--variants", default=None,
-                   help="comma-separated subset of eager,compile,gna,gna-dense,gna-nohoist (gna-dense needs gna)")
+                   help="comma-separated subset of eager,compile,gna,gna-dense,gna-nohoist (default: these) "
+                        "and gna-gluon (experimental Gluon kernel); gna-dense and gna-gluon need gna")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's schedule in zoo.py)")
     p.add_argument("--dense-steps", type=int, default=None, help="first steps run dense (hybrid schedule)")
     args = p.parse_args(argv)

@@ -7,7 +7,8 @@ Gluon has no interpreter, so on the CPU only two things can be checked:
   exponentials sit between the wgmma wait that leaves the PV matmul in flight and the wait
   for it, and ptxas is free to move that wait. So the SASS is where this is checked.
 The GPU tests run the same shapes as a user's call would: tiled token order, bf16/fp16,
-head dims 64 and 128, GQA, batch 2, outputs poisoned with NaN beforehand.
+head dims 64 and 128, GQA, batch 2, extra tokens before and after the grid, q/k/v as views of
+one packed QKV buffer, outputs poisoned with NaN beforehand.
 """
 
 import json
@@ -72,6 +73,36 @@ def test_refuses_what_it_does_not_handle_with_a_reason():
     assert "bf16" in why(*_qkv(spec, dtype=torch.float32), spec, qt, qt, 0, 0, None, False)
 
 
+def test_layouts_it_reads_as_one_2d_tma_view():
+    """Contiguous [B, H, N, D] puts heads in rows; views of a packed [B, N, 3, H, D] buffer (a
+    model's fused projection) put them in columns; anything else is refused."""
+    if not gluon_gna.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    B, H, N, D = 2, 3, 256, 64
+    x = torch.empty(B, H, N, D, dtype=torch.bfloat16)
+    assert gluon_gna._layout(x) == (B * H * N, D, D, H * N, N, 0)
+    packed = torch.empty(B, N, 3, H, D, dtype=torch.bfloat16)
+    k = packed[:, :, 1].transpose(1, 2)
+    assert gluon_gna._layout(k) == (B * N, H * D, 3 * H * D, N, 0, D)
+    assert gluon_gna._layout(x.transpose(2, 3)) is None  # D not contiguous
+    assert gluon_gna._layout(torch.empty(N, B, H, D, dtype=torch.bfloat16).permute(1, 2, 0, 3)) is None
+    shape, w, s, qt = BLOCK_SPARSE["flux_like_2d"]
+    spec = make_spec(shape, w, s)
+    q, k, v = _qkv(spec)
+    k_bad = torch.empty(1, k.shape[2], k.shape[3], k.shape[1], dtype=k.dtype).permute(0, 3, 1, 2)  # D strided
+    assert "strides" in gluon_gna.unsupported_reason(q, k_bad, v, spec, qt, qt, 0, 0, None, False)
+
+
+def test_extra_tokens_in_whole_tiles_only():
+    if not gluon_gna.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    shape, w, s, qt = BLOCK_SPARSE["flux_like_2d"]
+    spec = make_spec(shape, w, s)
+    q, k, v = _qkv(spec)  # only shapes' last dims and strides matter to the check
+    assert gluon_gna.unsupported_reason(q, k, v, spec, qt, qt, 256, 128, None, False) is None
+    assert "whole tiles" in gluon_gna.unsupported_reason(q, k, v, spec, qt, qt, 100, 0, None, False)
+
+
 def test_off_unless_asked(monkeypatch):
     monkeypatch.delenv("GNA_GLUON", raising=False)
     assert not gluon_gna.enabled()
@@ -79,7 +110,7 @@ def test_off_unless_asked(monkeypatch):
     assert gluon_gna.enabled() == gluon_gna.HAVE_GLUON
 
 
-def _sass_summary(tmp_path, case, head_dim):
+def _sass_summary(tmp_path, case, head_dim, packed=False):
     triton = pytest.importorskip("triton")
     if not gluon_gna.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
@@ -88,17 +119,18 @@ def _sass_summary(tmp_path, case, head_dim):
     out = tmp_path / "r.json"
     env = dict(os.environ, TRITON_INTERPRET="0")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sm90_compile.py"), "--gluon", "--case", case,
-                    "--head-dim", str(head_dim), "--json", str(out)],
+                    "--head-dim", str(head_dim), "--json", str(out)] + (["--packed"] if packed else []),
                    check=True, env=env, capture_output=True, text=True, timeout=600)
     return json.loads(out.read_text())[case]
 
 
-@pytest.mark.parametrize("case,head_dim", [("flux_s16", 128), ("cosmos_bs90", 128), ("hunyuan_s16x8x8", 64)])
-def test_softmax_runs_while_pv_is_in_flight(tmp_path, case, head_dim):
+@pytest.mark.parametrize("case,head_dim,packed", [("flux_s16", 128, False), ("cosmos_bs90", 128, False),
+                                                  ("hunyuan_s16x8x8", 64, False), ("flux_s16_text512", 128, True)])
+def test_softmax_runs_while_pv_is_in_flight(tmp_path, case, head_dim, packed):
     """In the loop, (nearly) every exponential is issued after `wgmma.wait_group 1` and before
     `wait_group 0`: the softmax of tile t overlaps the PV matmul of tile t-1. The Triton
     kernel has none there (tools/sm90_compile.py reports 0 for it)."""
-    r = _sass_summary(tmp_path, case, head_dim)
+    r = _sass_summary(tmp_path, case, head_dim, packed)
     assert len(r["loop_ex2"]) == 1, r
     assert r["loop_ex2_in_flight"][0] >= 60, r
     assert r["loop_spills"] == 0 and r["loop_lds_sts"] == 0 and r["spill_insts"] == 0, r
@@ -107,20 +139,26 @@ def test_softmax_runs_while_pv_is_in_flight(tmp_path, case, head_dim):
 
 # ----------------------------------------------------------------------------- GPU
 
-def _run(name, B, H, Hkv, D, dtype):
+def _run(name, B, H, Hkv, D, dtype, P=0, S=0, packed=False):
     shape, w, s, qt = BLOCK_SPARSE[name]
     spec = make_spec(shape, w, s)
-    q, k, v = _qkv(spec, B, H, Hkv, D, dtype, "cuda")
+    N = P + spec.num_tokens + S
+    q, k, v = (torch.randn(B, h, N, D, device="cuda").to(dtype) for h in (H, Hkv, Hkv))
     scale = 0.8 / math.sqrt(D)
-    tiled = [permute_tokens(t, shape, qt, 0, 0).contiguous() for t in (q, k, v)]
-    assert gluon_gna.unsupported_reason(*tiled, spec, qt, qt, 0, 0, None, False) is None
-    out = torch.full_like(tiled[0], float("nan"))
-    lse = torch.full(tiled[0].shape[:3], float("nan"), device="cuda")
-    gluon_gna.gna_forward_gluon(*tiled, spec, qt, scale, out, lse)
+    tiled = [permute_tokens(t, shape, qt, P, S).contiguous() for t in (q, k, v)]
+    if packed:  # q/k/v as views of one [B, N, 3, H, D] buffer, as a fused projection leaves them
+        buf = torch.empty(B, N, 3, H, D, device="cuda", dtype=dtype)
+        for i, t in enumerate(tiled):
+            buf[:, :, i] = t.transpose(1, 2)
+        tiled = [buf[:, :, i].transpose(1, 2) for i in range(3)]
+    assert gluon_gna.unsupported_reason(*tiled, spec, qt, qt, P, S, None, False) is None
+    out = torch.full((B, H, N, D), float("nan"), device="cuda", dtype=dtype)
+    lse = torch.full((B, H, N), float("nan"), device="cuda")
+    gluon_gna.gna_forward_gluon(*tiled, spec, qt, scale, out, lse, extra_prefix=P, extra_suffix=S)
     torch.cuda.synchronize()
-    out = unpermute_tokens(out, shape, qt, 0, 0)
-    lse = unpermute_tokens(lse[..., None], shape, qt, 0, 0)[..., 0]
-    ref_o, ref_l = reference_attention(q.float(), k.float(), v.float(), spec, 0, 0, scale, None)
+    out = unpermute_tokens(out, shape, qt, P, S)
+    lse = unpermute_tokens(lse[..., None], shape, qt, P, S)[..., 0]
+    ref_o, ref_l = reference_attention(q.float(), k.float(), v.float(), spec, P, S, scale, None)
     assert torch.isfinite(out.float()).all() and torch.isfinite(lse).all(), "unwritten rows"
     err = ((out.double() - ref_o.double()).norm() / ref_o.double().norm()).item()
     assert err < (2e-2 if dtype == torch.bfloat16 else 5e-3), err
@@ -135,6 +173,15 @@ def test_gpu_matches_reference(name, D, dtype):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon kernel is for Hopper (sm_90)")
     _run(name, B=2, H=4, Hkv=2, D=D, dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (CUDA and gluon_gna.HAVE_GLUON), reason="needs CUDA and Gluon")
+@pytest.mark.parametrize("P,S,packed", [(256, 0, False), (128, 256, True), (0, 0, True)])
+def test_gpu_extra_tokens_and_packed_qkv(P, S, packed):
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernel is for Hopper (sm_90)")
+    _run("flux_like_2d", B=2, H=2, Hkv=2, D=128, dtype=torch.bfloat16, P=P, S=S, packed=packed)
 
 
 @pytest.mark.gpu

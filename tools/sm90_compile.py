@@ -74,19 +74,25 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
                                           enable_fp_fusion=True)
 
 
-def compile_gluon_case(name, head_dim=128):
-    """The Gluon kernel (gna_compile/kernels/gluon_gna.py) for a perfectly block-sparse case."""
+def compile_gluon_case(name, head_dim=128, heads_in_columns=False):
+    """The Gluon kernel (gna_compile/kernels/gluon_gna.py) for a perfectly block-sparse case;
+    ``heads_in_columns``: q/k/v as views of one packed [B, N, 3, H, D] buffer."""
     from gna_compile.kernels import gluon_gna
     shape, w, s, P, qt, kt = CASES[name]
     spec = make_spec(shape, w, s)
-    H, N = 2, spec.num_tokens
-    q, k, v, o = (torch.empty(1, H, N, head_dim, dtype=torch.bfloat16) for _ in range(4))
+    H, N = 2, P + spec.num_tokens
+    if heads_in_columns:
+        packed = torch.empty(1, N, 3, H, head_dim, dtype=torch.bfloat16)
+        q, k, v = (packed[:, :, i].transpose(1, 2) for i in range(3))
+    else:
+        q, k, v = (torch.empty(1, H, N, head_dim, dtype=torch.bfloat16) for _ in range(3))
+    o = torch.empty(1, H, N, head_dim, dtype=torch.bfloat16)
     lse = torch.empty(1, H, N, dtype=torch.float32)
-    why = gluon_gna.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False)
+    why = gluon_gna.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False, o)
     if why:
         raise SystemExit(f"{name}: the Gluon kernel does not apply: {why}")
-    grid, args, meta = gluon_gna.launch_args(q, k, v, spec, qt, o, lse)
-    return gluon_gna._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8)
+    grid, args, meta = gluon_gna.launch_args(q, k, v, spec, qt, o, lse, None, P, 0)
+    return gluon_gna._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8, enable_fp_fusion=True)
 
 
 def _cubin_tool(kernel, tool, *flags) -> str:
@@ -169,6 +175,7 @@ def main():
                     help="extra kernel constexpr, e.g. FMA_EXP=2 (repeatable)")
     ap.add_argument("--gluon", action="store_true", help="the Gluon kernel (gluon_gna.py) instead")
     ap.add_argument("--head-dim", type=int, default=128, help="head dim (--gluon only)")
+    ap.add_argument("--packed", action="store_true", help="q/k/v as views of a packed QKV buffer (--gluon only)")
     ap.add_argument("--sass", help="write the SASS of the last compiled kernel here")
     ap.add_argument("--ptx", help="write the PTX of the last compiled kernel here")
     ap.add_argument("--json", help="write the summaries ({case: summary}) to this file")
@@ -181,7 +188,7 @@ def main():
     results = {}
     for name in a.case or list(CASES):
         if a.gluon:
-            kernel = compile_gluon_case(name, a.head_dim)
+            kernel = compile_gluon_case(name, a.head_dim, a.packed)
         else:
             kernel = compile_case(name, a.natural, cfg, variant, a.key_mask, not a.no_tma)
         results[name] = summarize(kernel)

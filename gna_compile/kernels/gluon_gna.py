@@ -9,10 +9,17 @@ softmax of S_t during PV_{t-1} (FlashAttention-3's intra-warpgroup pipelining). 
 read offline shows this order (tests/test_gluon_gna.py).
 
 Scope (``unsupported_reason`` says why a problem is out of it): the perfectly block-sparse
-case only. That means tiled token order, contiguous q/k/v, no extra tokens, no key mask, no
-dilation or causal dims, a grid the Q tile divides, KV tile = Q tile of 128 tokens, every
-visited KV tile full, head dim 64 or 128, bf16/fp16. Everything else stays on the Triton
-kernel.
+case only. That means:
+- tiled token order and no key mask;
+- no dilation or causal dims, and a grid the Q tile divides;
+- KV tile = Q tile of 128 tokens, every visited KV tile full;
+- extra tokens only in whole 128-token tiles (FLUX's 512 text tokens);
+- head dim 64 or 128, bf16/fp16;
+- q/k/v/out either contiguous ``[B, H, N, D]`` or views with the heads in the columns of a
+  ``[B, N, ., H*D]`` buffer, as a model's projections make them. Both are one 2-D TMA
+  descriptor.
+Everything else stays on the Triton kernel. Extra-token queries attend to every key; grid
+queries attend to their window box and then to every extra key (DESIGN.md §1).
 
 EXPERIMENTAL: so far this kernel has only been compiled offline, never run, so nothing
 selects it unless ``GNA_GLUON=1``; tests/test_gluon_gna.py checks it against the reference
@@ -49,16 +56,17 @@ def enabled() -> bool:
     return HAVE_GLUON and os.environ.get("GNA_GLUON", "0") == "1"
 
 
-def unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, key_mask, natural):
-    """None when the Gluon kernel handles this call, else why not (a sentence)."""
+def unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, key_mask, natural, out=None):
+    """None when the Gluon kernel handles this call, else why not (a sentence). ``out``, if
+    given, must have a layout it can write too."""
     if not HAVE_GLUON:
         return "this Triton has no Gluon"
     if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] != 9:
         return "needs a Hopper GPU (wgmma, sm_90)"
     if natural:
         return "needs tiled token order"
-    if extra_prefix or extra_suffix:
-        return "extra tokens are not handled"
+    if extra_prefix % BLOCK or extra_suffix % BLOCK:
+        return f"extra tokens must come in whole tiles of {BLOCK}"
     if key_mask is not None:
         return "key masks are not handled"
     if any(d > 1 for d in spec.dilation) or any(spec.causal):
@@ -74,12 +82,32 @@ def unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffi
         return "head dim must be 64 or 128"
     if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
         return "needs bf16 or fp16"
-    if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
-        return "needs contiguous q, k, v"
-    B, H, N, _ = q.shape
-    if max(B * H, B * k.shape[1]) * N >= 2 ** 31:
-        return "TMA row coordinates must fit in int32"
+    for name, x in (("q", q), ("k", k), ("v", v), ("out", out)):
+        if x is None:
+            continue
+        if x.dtype != q.dtype:
+            return f"{name} must have q's dtype"
+        if _layout(x) is None:
+            return (f"{name} is neither contiguous [B, H, N, D] nor heads-in-columns of a [B, N, ., H*D] "
+                    f"buffer (strides {tuple(x.stride())})")
     return None
+
+
+def _layout(x):
+    """How ``x`` ([B, Hx, N, D], last dim contiguous) maps onto a 2-D ``[rows, cols]`` TMA view:
+    ``(rows, cols, pitch, row_b, row_h, col_h)``, so that token n of head h in batch b is row
+    ``b*row_b + h*row_h + n``, columns from ``h*col_h``. None if neither layout fits."""
+    B, Hx, N, D = x.shape
+    sb, sh, sn, sd = x.stride()
+    if sd != 1 or x.data_ptr() % 16:
+        return None
+    if x.is_contiguous():  # heads in rows
+        rows, cols, pitch, rb, rh, ch = B * Hx * N, D, D, Hx * N, N, 0
+    elif sh == D and sn >= Hx * D and (B == 1 or sb == N * sn) and (sn * x.element_size()) % 16 == 0:
+        rows, cols, pitch, rb, rh, ch = B * N, Hx * D, sn, N, 0, D  # heads in columns
+    else:
+        return None
+    return (rows, cols, pitch, rb, rh, ch) if rows < 2 ** 31 else None
 
 
 @functools.lru_cache(maxsize=256)
@@ -118,22 +146,28 @@ if HAVE_GLUON:
         return c0, c1, c2
 
     @gluon.jit
-    def _row(c0, c1, c2, NT1, NT2, BM: gl.constexpr):
-        return ((c0 * NT1 + c1) * NT2 + c2) * BM
+    def _token(c0, c1, c2, t, n_box, NT1, NT2, P, NG, NPRE, BM: gl.constexpr):
+        """First token of the t-th KV tile of the walk: box tile (c0, c1, c2) while t < n_box
+        (grid tokens start after the P prefix tokens), then the extra tiles, prefix first."""
+        j = t - n_box
+        extra = gl.where(j < NPRE, j * BM, P + NG + (j - NPRE) * BM)
+        return gl.where(t < n_box, P + ((c0 * NT1 + c1) * NT2 + c2) * BM, extra)
 
     @gluon.jit
-    def _load(desc, row, bar, dst, pred):
+    def _load(desc, row, col, bar, dst, pred):
         mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
-        _tma_load(desc, [row, 0], bar, dst, pred=pred)
+        _tma_load(desc, [row, col], bar, dst, pred=pred)
 
     @gluon.jit
-    def _gna_fwd_gluon(q_desc, k_desc, v_desc, o_desc, LSE, N, G, NT1, NT2,
+    def _gna_fwd_gluon(q_desc, k_desc, v_desc, o_desc, LSE, N, G, NT0, NT1, NT2, P, NG, NPRE, NXQ, NXKV,
+                       q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch,
                        n0, n1, n2, w0, w1, w2, s0, s1, s2, qk_scale,
                        T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr, num_warps: gl.constexpr,
                        OVERLAP: gl.constexpr = True):
-        """One Q tile (program 0), head (1), batch (2). OVERLAP=False waits for each matmul
-        right away (same loads, same order otherwise): a debugging baseline that separates a
-        pipelining hazard from an indexing bug."""
+        """One Q tile (program 0: the NXQ extra-token Q tiles first, then the grid's), head
+        (1), batch (2). OVERLAP=False waits for each matmul right away (same loads, same
+        order otherwise): a debugging baseline that separates a pipelining hazard from an
+        indexing bug."""
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         dt: gl.constexpr = q_desc.dtype
@@ -145,21 +179,37 @@ if HAVE_GLUON:
         row_s: gl.constexpr = gl.SliceLayout(1, s_l)
         row_o: gl.constexpr = gl.SliceLayout(1, o_l)
 
-        qt = gl.program_id(0)
+        pid = gl.program_id(0)
         h = gl.program_id(1)
         b = gl.program_id(2)
         H = gl.num_programs(1)
-        q_row = (b * H + h) * N + qt * BM
-        kv_base = (b * (H // G) + h // G) * N
+        kvh = h // G
 
         # The KV box of this Q tile: all of it is full (unsupported_reason checked that).
+        # Extra-token queries see the whole grid.
+        qt = gl.maximum(pid - NXQ, 0)
         q2 = qt % NT2
         q1 = (qt // NT2) % NT1
         q0 = qt // (NT1 * NT2)
         lo0, hi0 = _full_range(q0, n0, w0, s0, T0)
         lo1, hi1 = _full_range(q1, n1, w1, s1, T1)
         lo2, hi2 = _full_range(q2, n2, w2, s2, T2)
-        n_kv = (hi0 - lo0 + 1) * (hi1 - lo1 + 1) * (hi2 - lo2 + 1)
+        xq = pid < NXQ
+        lo0 = gl.where(xq, 0, lo0)
+        lo1 = gl.where(xq, 0, lo1)
+        lo2 = gl.where(xq, 0, lo2)
+        hi0 = gl.where(xq, NT0 - 1, hi0)
+        hi1 = gl.where(xq, NT1 - 1, hi1)
+        hi2 = gl.where(xq, NT2 - 1, hi2)
+        n_box = (hi0 - lo0 + 1) * (hi1 - lo1 + 1) * (hi2 - lo2 + 1)
+        n_kv = n_box + NXKV
+        q_tok = gl.where(xq, gl.where(pid < NPRE, pid * BM, P + NG + (pid - NPRE) * BM), P + qt * BM)
+        q_row = b * q_rb + h * q_rh + q_tok
+        o_row = b * o_rb + h * o_rh + q_tok
+        k_base = b * k_rb + kvh * k_rh
+        v_base = b * v_rb + kvh * v_rh
+        k_col = kvh * k_ch
+        v_col = kvh * v_ch
 
         q_s = gl.allocate_shared_memory(dt, [BM, D], q_desc.layout)
         k_s = gl.allocate_shared_memory(dt, [2, BM, D], k_desc.layout)
@@ -174,13 +224,15 @@ if HAVE_GLUON:
         fence_async_shared()
 
         # Prologue: Q, K/V of tiles 0 and 1 (stage = tile % 2).
-        _load(q_desc, q_row, bq, q_s, True)
+        _load(q_desc, q_row, h * q_ch, bq, q_s, True)
         a0, a1, a2 = lo0, lo1, lo2  # tile 0
-        _load(k_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bk.index(0), k_s.index(0), True)
-        _load(v_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bv.index(0), v_s.index(0), True)
+        tok = _token(a0, a1, a2, 0, n_box, NT1, NT2, P, NG, NPRE, BM)
+        _load(k_desc, k_base + tok, k_col, bk.index(0), k_s.index(0), True)
+        _load(v_desc, v_base + tok, v_col, bv.index(0), v_s.index(0), True)
         a0, a1, a2 = _next(a0, a1, a2, lo1, lo2, hi1, hi2)  # tile 1
-        _load(k_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bk.index(1), k_s.index(1), n_kv > 1)
-        _load(v_desc, kv_base + _row(a0, a1, a2, NT1, NT2, BM), bv.index(1), v_s.index(1), n_kv > 1)
+        tok = _token(a0, a1, a2, 1, n_box, NT1, NT2, P, NG, NPRE, BM)
+        _load(k_desc, k_base + tok, k_col, bk.index(1), k_s.index(1), n_kv > 1)
+        _load(v_desc, v_base + tok, v_col, bv.index(1), v_s.index(1), n_kv > 1)
         # Cursors of the next loads: K two tiles ahead of the softmax, V one ahead.
         v0, v1, v2 = _next(a0, a1, a2, lo1, lo2, hi1, hi2)  # tile 2
         k0, k1, k2 = v0, v1, v2
@@ -195,7 +247,8 @@ if HAVE_GLUON:
         p_op = gl.convert_layout(p.to(dt), p_l)
         o = gl.zeros([BM, D], gl.float32, o_l)
         _cta_barrier()  # every warpgroup is done with K stage 0
-        _load(k_desc, kv_base + _row(k0, k1, k2, NT1, NT2, BM), bk.index(0), k_s.index(0), n_kv > 2)
+        tok = _token(k0, k1, k2, 2, n_box, NT1, NT2, P, NG, NPRE, BM)
+        _load(k_desc, k_base + tok, k_col, bk.index(0), k_s.index(0), n_kv > 2)
         k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
 
         for t in range(1, n_kv):
@@ -208,7 +261,8 @@ if HAVE_GLUON:
             if OVERLAP:
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
             _cta_barrier()  # every warpgroup is done with K stage st: load K of tile t + 2
-            _load(k_desc, kv_base + _row(k0, k1, k2, NT1, NT2, BM), bk.index(st), k_s.index(st), t + 2 < n_kv)
+            tok = _token(k0, k1, k2, t + 2, n_box, NT1, NT2, P, NG, NPRE, BM)
+            _load(k_desc, k_base + tok, k_col, bk.index(st), k_s.index(st), t + 2 < n_kv)
             k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
             # Softmax of tile t while PV of tile t-1 runs.
             m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
@@ -224,7 +278,8 @@ if HAVE_GLUON:
                 o, p_op, p_next = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op, p_next))
             p_op = p_next
             _cta_barrier()  # every warpgroup is done with V stage sp: load V of tile t + 1
-            _load(v_desc, kv_base + _row(v0, v1, v2, NT1, NT2, BM), bv.index(sp), v_s.index(sp), t + 1 < n_kv)
+            tok = _token(v0, v1, v2, t + 1, n_box, NT1, NT2, P, NG, NPRE, BM)
+            _load(v_desc, v_base + tok, v_col, bv.index(sp), v_s.index(sp), t + 1 < n_kv)
             v0, v1, v2 = _next(v0, v1, v2, lo1, lo2, hi1, hi2)
             o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
 
@@ -239,43 +294,54 @@ if HAVE_GLUON:
         o = o / gl.expand_dims(gl.convert_layout(l, row_o), 1)
         lse = (m + gl.log2(l)) * 0.6931471805599453
         offs = gl.arange(0, BM, layout=row_s)
-        gl.store(LSE + q_row + offs, lse)
+        gl.store(LSE + (b * H + h) * N + q_tok + offs, lse)
         q_s.store(o.to(dt))  # Q is no longer read: its buffer stages O for the TMA store
         fence_async_shared()
-        _tma_store(o_desc, [q_row, 0], q_s)
+        _tma_store(o_desc, [o_row, h * o_ch], q_s)
         tma.store_wait(0)
 
 
-def launch_args(q, k, v, spec, q_tile, out, lse, scale=None):
+def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0):
     """``(grid, args, meta)`` of one launch (also used to compile offline). The caller has
-    checked ``unsupported_reason``."""
+    checked ``unsupported_reason`` (and that ``out`` has a supported layout)."""
     B, H, N, D = q.shape
     Hkv = k.shape[1]
     r = spec.rank
     pad = lambda t, f: (f,) * (3 - r) + tuple(t)  # noqa: E731
     shape3, win3, str3, tq3 = pad(spec.shape, 1), pad(spec.window, 1), pad(spec.stride, 1), pad(q_tile, 1)
     nt = [n // t for n, t in zip(shape3, tq3)]
+    P, S, NG = extra_prefix, extra_suffix, spec.num_tokens
+    if N != P + NG + S or lse.shape != (B, H, N) or not lse.is_contiguous():
+        raise ValueError(f"tokens {N} != {P} + {NG} + {S}, or lse is not a contiguous [B, H, N]")
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    layout = gl.NVMMASharedLayout.get_default_for([BLOCK, D], gdt)
-    desc = lambda x, rows: TensorDescriptor(x, [rows, D], [D, 1], [BLOCK, D], layout)  # noqa: E731
+    smem = gl.NVMMASharedLayout.get_default_for([BLOCK, D], gdt)
+    descs, coords = [], []
+    for x in (q, k, v, out):
+        lay = _layout(x)
+        if lay is None:
+            raise ValueError(f"layout with strides {tuple(x.stride())} not supported")
+        rows, cols, pitch, rb, rh, ch = lay
+        descs.append(TensorDescriptor(x, [rows, cols], [pitch, 1], [BLOCK, D], smem))
+        coords += [rb, rh, ch]
     scale = D ** -0.5 if scale is None else scale
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    grid = (math.prod(nt), H, B)
-    args = (desc(q, B * H * N), desc(k, B * Hkv * N), desc(v, B * Hkv * N), desc(out, B * H * N), lse,
-            N, H // Hkv, nt[1], nt[2], *shape3, *win3, *str3, scale * LOG2E)
+    nxq = (P + S) // BLOCK
+    grid = (nxq + math.prod(nt), H, B)
+    args = (*descs, lse, N, H // Hkv, *nt, P, NG, P // BLOCK, nxq, nxq, *coords,
+            *shape3, *win3, *str3, scale * LOG2E)
     meta = dict(T0=tq3[0], T1=tq3[1], T2=tq3[2])
     return grid, args, meta
 
 
-def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8, overlap=True):
-    """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout); returns
-    ``(out, lse)`` in that layout. ``overlap=False``: the debugging baseline (see kernel)."""
+def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8, overlap=True,
+                      extra_prefix=0, extra_suffix=0):
+    """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout, extra tokens
+    around the grid); returns ``(out, lse)`` in that layout. ``overlap=False``: the debugging
+    baseline (see kernel)."""
     B, H, N, D = q.shape
-    out = torch.empty_like(q) if out is None else out
+    out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if lse is None else lse
-    if not (out.is_contiguous() and lse.is_contiguous()):
-        raise ValueError("out and lse must be contiguous")
-    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale)
-    _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, OVERLAP=overlap)
+    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale, extra_prefix, extra_suffix)
+    _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, OVERLAP=overlap, enable_fp_fusion=True)
     return out, lse

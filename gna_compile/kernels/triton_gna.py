@@ -679,10 +679,11 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
         out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-    if (config is None and q.is_cuda and gluon_gna.enabled() and out.is_contiguous() and lse.is_contiguous()
+    if (config is None and q.is_cuda and gluon_gna.enabled() and lse.is_contiguous()
             and gluon_gna.unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
-                                             key_mask, natural) is None):
-        return gluon_gna.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse)
+                                             key_mask, natural, out) is None):
+        return gluon_gna.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse,
+                                           extra_prefix=extra_prefix, extra_suffix=extra_suffix)
     grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
                                    key_mask, key_mask_grid, natural, out, lse, tma, grid_visible)
     BM = meta["BM"]
