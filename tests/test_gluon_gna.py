@@ -11,11 +11,7 @@ head dims 64 and 128, GQA, batch 2, extra tokens before and after the grid, q/k/
 one packed QKV buffer, outputs poisoned with NaN beforehand.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,9 +20,9 @@ from gna_compile.config import make_spec
 from gna_compile.kernels import gluon_gna
 from gna_compile.kernels.permute import permute_tokens, unpermute_tokens
 from gna_compile.kernels.reference import reference_attention
+from sm90 import H100_SMEM, compile_summary, have_ptxas
 
 CUDA = torch.cuda.is_available()
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 # (shape, window, stride, q_tile): perfectly block-sparse with 128-token tiles.
 BLOCK_SPARSE = {
@@ -111,17 +107,13 @@ def test_off_unless_asked(monkeypatch):
 
 
 def _sass_summary(tmp_path, case, head_dim, packed=False):
-    triton = pytest.importorskip("triton")
+    pytest.importorskip("triton")
     if not gluon_gna.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+    if not have_ptxas():
         pytest.skip("this Triton has no NVIDIA toolchain (ptxas)")
-    out = tmp_path / "r.json"
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sm90_compile.py"), "--gluon", "--case", case,
-                    "--head-dim", str(head_dim), "--json", str(out)] + (["--packed"] if packed else []),
-                   check=True, env=env, capture_output=True, text=True, timeout=600)
-    return json.loads(out.read_text())[case]
+    return compile_summary(tmp_path, "--gluon", "--head-dim", str(head_dim), *(["--packed"] if packed else []),
+                           case=case)
 
 
 @pytest.mark.parametrize("case,head_dim,packed", [("flux_s16", 128, False), ("cosmos_bs90", 128, False),
@@ -134,7 +126,7 @@ def test_softmax_runs_while_pv_is_in_flight(tmp_path, case, head_dim, packed):
     assert len(r["loop_ex2"]) == 1, r
     assert r["loop_ex2_in_flight"][0] >= 60, r
     assert r["loop_spills"] == 0 and r["loop_lds_sts"] == 0 and r["spill_insts"] == 0, r
-    assert r["smem"] <= 227 * 1024 and r["regs"] <= 255, r
+    assert r["smem"] <= H100_SMEM and r["regs"] <= 255, r
 
 
 # ----------------------------------------------------------------------------- GPU

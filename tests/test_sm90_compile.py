@@ -7,28 +7,14 @@ the attention loops, a shared-memory footprint over the H100's 227 KB, or a soft
 (exponential split, frozen row max) that does not take effect.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-triton = pytest.importorskip("triton")
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-if not os.path.exists(os.path.join(BIN, "ptxas")):
+from sm90 import H100_SMEM, have_ptxas
+from sm90 import compile_summary as _compile
+
+pytest.importorskip("triton")
+if not have_ptxas():
     pytest.skip("this Triton has no NVIDIA toolchain (ptxas)", allow_module_level=True)
-
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-H100_SMEM = 227 * 1024
-
-
-def _compile(tmp_path, *flags, case="flux_s16"):
-    out = tmp_path / "r.json"
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sm90_compile.py"), "--case", case,
-                    "--json", str(out), *flags], check=True, env=env, capture_output=True, text=True, timeout=600)
-    return json.loads(out.read_text())[case]
 
 
 @pytest.fixture(scope="module")

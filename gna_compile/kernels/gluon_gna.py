@@ -48,7 +48,6 @@ try:  # Gluon ships with Triton >= 3.5; without it this backend is simply unavai
 except ImportError:  # pragma: no cover - depends on the installed Triton
     HAVE_GLUON = False
 
-LOG2E = 1.4426950408889634
 BLOCK = 128
 
 
@@ -304,11 +303,10 @@ if HAVE_GLUON:
 def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0):
     """``(grid, args, meta)`` of one launch (also used to compile offline). The caller has
     checked ``unsupported_reason`` (and that ``out`` has a supported layout)."""
+    from .triton_gna import LOG2E, _pad3  # (triton_gna imports this module at load time)
     B, H, N, D = q.shape
     Hkv = k.shape[1]
-    r = spec.rank
-    pad = lambda t, f: (f,) * (3 - r) + tuple(t)  # noqa: E731
-    shape3, win3, str3, tq3 = pad(spec.shape, 1), pad(spec.window, 1), pad(spec.stride, 1), pad(q_tile, 1)
+    shape3, win3, str3, tq3 = (_pad3(t, 1) for t in (spec.shape, spec.window, spec.stride, q_tile))
     nt = [n // t for n, t in zip(shape3, tq3)]
     P, S, NG = extra_prefix, extra_suffix, spec.num_tokens
     if N != P + NG + S or lse.shape != (B, H, N) or not lse.is_contiguous():
