@@ -14,9 +14,10 @@ tiles weighted by the kernel's measured mask penalty, triton_gna.PARTIAL_PENALTY
 O) / kernel time. ``--check`` first compares ours, ours-nat and flex with the reference on
 two heads (relative L2 error) and refuses to time a wrong kernel. Every time is the median
 of ``--rounds`` do_bench medians taken in rotated order (spreads are in the JSON).
-``--gluon`` also times the experimental Gluon kernel (kernels/gluon_gna.py) on permuted tensors
-where it applies (perfectly block-sparse, extra tokens in whole tiles), checked like the others, in the
-same rounds, and prints it under the table.
+The autotuner (triton_gna.gna_forward) picks, per problem, among the Triton kernel's launch
+configs and, for perfectly block-sparse calls in tiled order, the Gluon kernel's variants
+(kernels/gluon_gna.py); the table prints its choice. ``--gluon`` also times the Gluon kernel alone
+(gluon_gna.FORCED) where it applies, checked like the others, in the same rounds.
 """
 
 from __future__ import annotations
@@ -160,8 +161,9 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
         if why is None:
             o_g = torch.empty_like(qp)
             l_g = torch.empty(1, H, qp.shape[2], device="cuda", dtype=torch.float32)
+            _, stages, stale = gluon_gna.FORCED
             gluon_fn = lambda: gluon_gna.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g,  # noqa: E731
-                                                           extra_prefix=P)
+                                                           extra_prefix=P, stages=stages, stale=stale)
             try:
                 gluon_fn()
                 torch.cuda.synchronize()
@@ -243,6 +245,8 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
     perm_bytes = (4 * q.numel() + 4 * qp.numel()) * q.element_size()
     res["perm_GBps"] = perm_bytes / (res["permutes_ms"] * 1e-3) / 1e9
     res["config"] = {str(k_): v_ for k_, v_ in triton_gna._CONFIG_CACHE.items() if k_[1] == tuple(qt)}
+    res["chosen"] = {("nat" if k_[10] else "tiled"): list(v_) for k_, v_ in triton_gna._CONFIG_CACHE.items()
+                     if k_[:5] == (tuple(spec.dims()), tuple(qt), tuple(kt), P, 0)}
     return res
 
 
@@ -326,6 +330,9 @@ def main():
                                f"{r['gluon_x_cudnn']:.2f}, {r['gluon_tflops']:.0f} TFLOP/s"
                                if "gluon_ms" in r else f"not timed ({r.get('gluon_applies')})")
             for r in results if not r.get("wrong")))
+    log("autotuned launch config (tiled / natural order; (\"gluon\", stages, stale) is the Gluon kernel): "
+        + ", ".join(f"{r['case']} {r.get('chosen', {}).get('tiled')} / {r.get('chosen', {}).get('nat')}"
+                    for r in results if not r.get("wrong")))
     fit = mask_penalty_fit(results, all_cases)
     if fit:
         log(fit)

@@ -74,7 +74,7 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
                                           enable_fp_fusion=True)
 
 
-def compile_gluon_case(name, head_dim=128, heads_in_columns=False):
+def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, stale=False, redo=False):
     """The Gluon kernel (gna_compile/kernels/gluon_gna.py) for a perfectly block-sparse case;
     ``heads_in_columns``: q/k/v as views of one packed [B, N, 3, H, D] buffer."""
     from gna_compile.kernels import gluon_gna
@@ -92,7 +92,8 @@ def compile_gluon_case(name, head_dim=128, heads_in_columns=False):
     if why:
         raise SystemExit(f"{name}: the Gluon kernel does not apply: {why}")
     grid, args, meta = gluon_gna.launch_args(q, k, v, spec, qt, o, lse, None, P, 0)
-    return gluon_gna._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8, enable_fp_fusion=True)
+    return gluon_gna._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8, NS=stages, STALE=stale, REDO=redo,
+                                           enable_fp_fusion=True)
 
 
 def _cubin_tool(kernel, tool, *flags) -> str:
@@ -176,6 +177,9 @@ def main():
     ap.add_argument("--gluon", action="store_true", help="the Gluon kernel (gluon_gna.py) instead")
     ap.add_argument("--head-dim", type=int, default=128, help="head dim (--gluon only)")
     ap.add_argument("--packed", action="store_true", help="q/k/v as views of a packed QKV buffer (--gluon only)")
+    ap.add_argument("--stages", type=int, default=2, help="K/V stages (--gluon only)")
+    ap.add_argument("--stale", action="store_true", help="frozen row max (--gluon only)")
+    ap.add_argument("--redo", action="store_true", help="the redo launch of --stale (--gluon only)")
     ap.add_argument("--sass", help="write the SASS of the last compiled kernel here")
     ap.add_argument("--ptx", help="write the PTX of the last compiled kernel here")
     ap.add_argument("--json", help="write the summaries ({case: summary}) to this file")
@@ -188,7 +192,7 @@ def main():
     results = {}
     for name in a.case or list(CASES):
         if a.gluon:
-            kernel = compile_gluon_case(name, a.head_dim, a.packed)
+            kernel = compile_gluon_case(name, a.head_dim, a.packed, a.stages, a.stale, a.redo)
         else:
             kernel = compile_case(name, a.natural, cfg, variant, a.key_mask, not a.no_tma)
         results[name] = summarize(kernel)

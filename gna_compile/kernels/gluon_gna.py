@@ -51,8 +51,23 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 BLOCK = 128
 
 
+# Autotune candidates ("gluon", K/V stages, frozen row max), tried beside the Triton kernel's
+# launch configs for every call this kernel takes (triton_gna.gna_forward keeps the fastest per
+# problem). FORCED is what GNA_GLUON=1 runs without tuning.
+CONFIGS = (("gluon", 3, 1), ("gluon", 3, 0), ("gluon", 2, 1), ("gluon", 2, 0))
+FORCED = ("gluon", 3, 1)
+
+
+def mode() -> str:
+    """GNA_GLUON: "0" never uses this kernel, "1" uses it (FORCED) for every call it takes,
+    unset lets the autotuner choose between it and the Triton kernel."""
+    if not HAVE_GLUON:
+        return "off"
+    return {"0": "off", "1": "forced"}.get(os.environ.get("GNA_GLUON", ""), "auto")
+
+
 def enabled() -> bool:
-    return HAVE_GLUON and os.environ.get("GNA_GLUON", "0") == "1"
+    return mode() != "off"
 
 
 def unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, key_mask, natural, out=None):
@@ -158,31 +173,164 @@ if HAVE_GLUON:
         _tma_load(desc, [row, col], bar, dst, pred=pred)
 
     @gluon.jit
-    def _gna_fwd_gluon(q_desc, k_desc, v_desc, o_desc, LSE, N, G, NT0, NT1, NT2, P, NG, NPRE, NXQ, NXKV,
-                       q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch,
-                       n0, n1, n2, w0, w1, w2, s0, s1, s2, qk_scale,
-                       T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr, num_warps: gl.constexpr,
-                       OVERLAP: gl.constexpr = True):
-        """One Q tile (program 0: the NXQ extra-token Q tiles first, then the grid's), head
-        (1), batch (2). OVERLAP=False waits for each matmul right away (same loads, same
-        order otherwise): a debugging baseline that separates a pipelining hazard from an
-        indexing bug."""
+    def _walk(q_s, k_s, v_s, bq, bk, bv, k_desc, v_desc, k_base, v_base, k_col, v_col,
+              lo0, lo1, lo2, hi1, hi2, n_box, n_kv, NT1, NT2, P, NG, NPRE, qk_scale,
+              s_l: gl.constexpr, o_l: gl.constexpr, p_l: gl.constexpr,
+              NS: gl.constexpr, OVERLAP: gl.constexpr, STALE: gl.constexpr):
+        """The KV walk of one Q tile: (o, m, l), o not yet divided by l. KV tile t sits in
+        stage t % NS. STALE: the row max m is that of the first tile, frozen (no max, no
+        rescale of o); P may exceed 1, which the caller checks."""
+        BM: gl.constexpr = k_desc.block_type.shape[0]
+        D: gl.constexpr = k_desc.block_type.shape[1]
+        dt: gl.constexpr = k_desc.dtype
+        row_o: gl.constexpr = gl.SliceLayout(1, o_l)
+
+        # Prologue: K/V of tiles 0 .. NS-1.
+        c0, c1, c2 = lo0, lo1, lo2
+        for i in gl.static_range(NS):
+            tok = _token(c0, c1, c2, i, n_box, NT1, NT2, P, NG, NPRE, BM)
+            _load(k_desc, k_base + tok, k_col, bk.index(i), k_s.index(i), i < n_kv)
+            _load(v_desc, v_base + tok, v_col, bv.index(i), v_s.index(i), i < n_kv)
+            c0, c1, c2 = _next(c0, c1, c2, lo1, lo2, hi1, hi2)
+        # Cursors of the next loads (tile NS): K is reloaded after S, V after PV.
+        k0, k1, k2 = c0, c1, c2
+        v0, v1, v2 = c0, c1, c2
+
+        mbarrier.wait(bq, 0)
+        mbarrier.wait(bk.index(0), 0)
+        s = warpgroup_mma(q_s, k_s.index(0).permute((1, 0)), gl.zeros([BM, BM], gl.float32, s_l),
+                          use_acc=False)
+        m = gl.max(s, 1) * qk_scale
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
+        l = gl.sum(p, 1)
+        p_op = gl.convert_layout(p.to(dt), p_l)
+        o = gl.zeros([BM, D], gl.float32, o_l)
+        _cta_barrier()  # every warpgroup is done with K stage 0
+        tok = _token(k0, k1, k2, NS, n_box, NT1, NT2, P, NG, NPRE, BM)
+        _load(k_desc, k_base + tok, k_col, bk.index(0), k_s.index(0), NS < n_kv)
+        k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
+
+        for t in range(1, n_kv):
+            st = t % NS
+            sp = (t - 1) % NS
+            mbarrier.wait(bk.index(st), (t // NS) % 2)
+            s = warpgroup_mma(q_s, k_s.index(st).permute((1, 0)), s, use_acc=False, is_async=OVERLAP)
+            mbarrier.wait(bv.index(sp), ((t - 1) // NS) % 2)
+            o = warpgroup_mma(p_op, v_s.index(sp), o, is_async=OVERLAP)
+            if OVERLAP:
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            _cta_barrier()  # every warpgroup is done with K stage st: load K of tile t + NS
+            tok = _token(k0, k1, k2, t + NS, n_box, NT1, NT2, P, NG, NPRE, BM)
+            _load(k_desc, k_base + tok, k_col, bk.index(st), k_s.index(st), t + NS < n_kv)
+            k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
+            # Softmax of tile t while PV of tile t-1 runs.
+            if STALE:
+                p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
+                l = l + gl.sum(p, 1)
+            else:
+                m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
+                p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+                alpha = gl.exp2(m - m_new)
+                l = l * alpha + gl.sum(p, 1)
+                m = m_new
+            p_next = gl.convert_layout(p.to(dt), p_l)
+            # The PV in flight reads p_op from registers: it stays alive until this wait; p_next
+            # is a dependency too, so that the softmax is computed before the wait, not sunk
+            # past it by the compiler.
+            if OVERLAP:
+                o, p_op, p_next = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op, p_next))
+            p_op = p_next
+            _cta_barrier()  # every warpgroup is done with V stage sp: load V of tile t - 1 + NS
+            tok = _token(v0, v1, v2, t - 1 + NS, n_box, NT1, NT2, P, NG, NPRE, BM)
+            _load(v_desc, v_base + tok, v_col, bv.index(sp), v_s.index(sp), t - 1 + NS < n_kv)
+            v0, v1, v2 = _next(v0, v1, v2, lo1, lo2, hi1, hi2)
+            if not STALE:
+                o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+
+        last = (n_kv - 1) % NS
+        mbarrier.wait(bv.index(last), ((n_kv - 1) // NS) % 2)
+        o = warpgroup_mma(p_op, v_s.index(last), o)
+        return o, m, l
+
+    @gluon.jit
+    def _tile(q_desc, k_desc, v_desc, o_desc, LSE, FLAGS, flag_i, q_row, q_col, o_row, o_col, lse_off,
+              k_base, v_base, k_col, v_col, lo0, lo1, lo2, hi1, hi2, n_box, n_kv, NT1, NT2, P, NG, NPRE,
+              qk_scale, s_l: gl.constexpr, o_l: gl.constexpr, p_l: gl.constexpr,
+              NS: gl.constexpr, STALE: gl.constexpr, OVERLAP: gl.constexpr):
+        """One Q tile: load Q, walk its KV tiles, write O and the LSE (and, STALE, whether the
+        frozen row max failed, to FLAGS[flag_i])."""
         BM: gl.constexpr = q_desc.block_type.shape[0]
         D: gl.constexpr = q_desc.block_type.shape[1]
         dt: gl.constexpr = q_desc.dtype
+        row_s: gl.constexpr = gl.SliceLayout(1, s_l)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_l)
+
+        q_s = gl.allocate_shared_memory(dt, [BM, D], q_desc.layout)
+        k_s = gl.allocate_shared_memory(dt, [NS, BM, D], k_desc.layout)
+        v_s = gl.allocate_shared_memory(dt, [NS, BM, D], v_desc.layout)
+        bq = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        bk = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+        bv = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(bq, count=1)
+        for i in gl.static_range(NS):
+            mbarrier.init(bk.index(i), count=1)
+            mbarrier.init(bv.index(i), count=1)
+        fence_async_shared()
+        _cta_barrier()
+
+        _load(q_desc, q_row, q_col, bq, q_s, True)
+        o, m, l = _walk(q_s, k_s, v_s, bq, bk, bv, k_desc, v_desc, k_base, v_base, k_col, v_col,
+                        lo0, lo1, lo2, hi1, hi2, n_box, n_kv, NT1, NT2, P, NG, NPRE, qk_scale,
+                        s_l, o_l, p_l, NS, OVERLAP, STALE)
+        if STALE:
+            # Every row sum is >= 1 (the first tile's keys are all attended): one outside
+            # [2^-60, 2^64), or NaN, means a later score far above the frozen max; the redo
+            # launch then does this Q tile again, exactly.
+            ok = (l < 18446744073709551616.0) & (l >= 8.673617379884035e-19)
+            gl.store(FLAGS + flag_i, gl.max(gl.where(ok, 0, 1), 0))
+        _cta_barrier()
+        for i in gl.static_range(NS):
+            mbarrier.invalidate(bk.index(i))
+            mbarrier.invalidate(bv.index(i))
+        mbarrier.invalidate(bq)
+
+        o = o / gl.expand_dims(gl.convert_layout(l, row_o), 1)
+        lse = (m + gl.log2(l)) * 0.6931471805599453
+        offs = gl.arange(0, BM, layout=row_s)
+        gl.store(LSE + lse_off + offs, lse)
+        q_s.store(o.to(dt))  # Q is no longer read: its buffer stages O for the TMA store
+        fence_async_shared()
+        _tma_store(o_desc, [o_row, o_col], q_s)
+        tma.store_wait(0)
+
+    @gluon.jit
+    def _gna_fwd_gluon(q_desc, k_desc, v_desc, o_desc, LSE, FLAGS, N, G, NT0, NT1, NT2, P, NG, NPRE, NXQ, NXKV,
+                       q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, o_rb, o_rh, o_ch,
+                       n0, n1, n2, w0, w1, w2, s0, s1, s2, qk_scale,
+                       T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr, num_warps: gl.constexpr,
+                       NS: gl.constexpr = 2, STALE: gl.constexpr = False, REDO: gl.constexpr = False,
+                       OVERLAP: gl.constexpr = True):
+        """One Q tile (program 0: the NXQ extra-token Q tiles first, then the grid's), head
+        (1), batch (2). NS: K/V stages. STALE: frozen row max (as in triton_gna); a Q tile
+        whose row sums leave [2^-60, 2^64) sets its FLAGS entry, and a second launch with
+        REDO does exactly those tiles again with the exact online softmax (a redo inside this
+        kernel makes ptxas wait for the PV matmul before the softmax). OVERLAP=False waits for
+        each matmul right away (same loads, same order otherwise): a debugging baseline that
+        separates a pipelining hazard from an indexing bug."""
+        BM: gl.constexpr = q_desc.block_type.shape[0]
+        D: gl.constexpr = q_desc.block_type.shape[1]
         s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                       instr_shape=[16, BM, 16])
         o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                       instr_shape=[16, D, 16])
         p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
-        row_s: gl.constexpr = gl.SliceLayout(1, s_l)
-        row_o: gl.constexpr = gl.SliceLayout(1, o_l)
 
         pid = gl.program_id(0)
         h = gl.program_id(1)
         b = gl.program_id(2)
         H = gl.num_programs(1)
         kvh = h // G
+        flag_i = (b * H + h) * gl.num_programs(0) + pid
 
         # The KV box of this Q tile: all of it is full (unsupported_reason checked that).
         # Extra-token queries see the whole grid.
@@ -205,99 +353,18 @@ if HAVE_GLUON:
         q_tok = gl.where(xq, gl.where(pid < NPRE, pid * BM, P + NG + (pid - NPRE) * BM), P + qt * BM)
         q_row = b * q_rb + h * q_rh + q_tok
         o_row = b * o_rb + h * o_rh + q_tok
+        lse_off = (b * H + h) * N + q_tok
         k_base = b * k_rb + kvh * k_rh
         v_base = b * v_rb + kvh * v_rh
-        k_col = kvh * k_ch
-        v_col = kvh * v_ch
-
-        q_s = gl.allocate_shared_memory(dt, [BM, D], q_desc.layout)
-        k_s = gl.allocate_shared_memory(dt, [2, BM, D], k_desc.layout)
-        v_s = gl.allocate_shared_memory(dt, [2, BM, D], v_desc.layout)
-        bq = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        bk = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        bv = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(bq, count=1)
-        for i in gl.static_range(2):
-            mbarrier.init(bk.index(i), count=1)
-            mbarrier.init(bv.index(i), count=1)
-        fence_async_shared()
-
-        # Prologue: Q, K/V of tiles 0 and 1 (stage = tile % 2).
-        _load(q_desc, q_row, h * q_ch, bq, q_s, True)
-        a0, a1, a2 = lo0, lo1, lo2  # tile 0
-        tok = _token(a0, a1, a2, 0, n_box, NT1, NT2, P, NG, NPRE, BM)
-        _load(k_desc, k_base + tok, k_col, bk.index(0), k_s.index(0), True)
-        _load(v_desc, v_base + tok, v_col, bv.index(0), v_s.index(0), True)
-        a0, a1, a2 = _next(a0, a1, a2, lo1, lo2, hi1, hi2)  # tile 1
-        tok = _token(a0, a1, a2, 1, n_box, NT1, NT2, P, NG, NPRE, BM)
-        _load(k_desc, k_base + tok, k_col, bk.index(1), k_s.index(1), n_kv > 1)
-        _load(v_desc, v_base + tok, v_col, bv.index(1), v_s.index(1), n_kv > 1)
-        # Cursors of the next loads: K two tiles ahead of the softmax, V one ahead.
-        v0, v1, v2 = _next(a0, a1, a2, lo1, lo2, hi1, hi2)  # tile 2
-        k0, k1, k2 = v0, v1, v2
-
-        mbarrier.wait(bq, 0)
-        mbarrier.wait(bk.index(0), 0)
-        s = warpgroup_mma(q_s, k_s.index(0).permute((1, 0)), gl.zeros([BM, BM], gl.float32, s_l),
-                          use_acc=False)
-        m = gl.max(s, 1) * qk_scale
-        p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
-        l = gl.sum(p, 1)
-        p_op = gl.convert_layout(p.to(dt), p_l)
-        o = gl.zeros([BM, D], gl.float32, o_l)
-        _cta_barrier()  # every warpgroup is done with K stage 0
-        tok = _token(k0, k1, k2, 2, n_box, NT1, NT2, P, NG, NPRE, BM)
-        _load(k_desc, k_base + tok, k_col, bk.index(0), k_s.index(0), n_kv > 2)
-        k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
-
-        for t in range(1, n_kv):
-            st = t % 2
-            sp = 1 - st
-            mbarrier.wait(bk.index(st), (t // 2) % 2)
-            s = warpgroup_mma(q_s, k_s.index(st).permute((1, 0)), s, use_acc=False, is_async=OVERLAP)
-            mbarrier.wait(bv.index(sp), ((t - 1) // 2) % 2)
-            o = warpgroup_mma(p_op, v_s.index(sp), o, is_async=OVERLAP)
-            if OVERLAP:
-                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-            _cta_barrier()  # every warpgroup is done with K stage st: load K of tile t + 2
-            tok = _token(k0, k1, k2, t + 2, n_box, NT1, NT2, P, NG, NPRE, BM)
-            _load(k_desc, k_base + tok, k_col, bk.index(st), k_s.index(st), t + 2 < n_kv)
-            k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
-            # Softmax of tile t while PV of tile t-1 runs.
-            m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
-            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-            alpha = gl.exp2(m - m_new)
-            l = l * alpha + gl.sum(p, 1)
-            m = m_new
-            p_next = gl.convert_layout(p.to(dt), p_l)
-            # The PV in flight reads p_op from registers: it stays alive until this wait; p_next
-            # is a dependency too, so that the softmax is computed before the wait, not sunk
-            # past it by the compiler.
-            if OVERLAP:
-                o, p_op, p_next = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op, p_next))
-            p_op = p_next
-            _cta_barrier()  # every warpgroup is done with V stage sp: load V of tile t + 1
-            tok = _token(v0, v1, v2, t + 1, n_box, NT1, NT2, P, NG, NPRE, BM)
-            _load(v_desc, v_base + tok, v_col, bv.index(sp), v_s.index(sp), t + 1 < n_kv)
-            v0, v1, v2 = _next(v0, v1, v2, lo1, lo2, hi1, hi2)
-            o = o * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-
-        last = (n_kv - 1) % 2
-        mbarrier.wait(bv.index(last), ((n_kv - 1) // 2) % 2)
-        o = warpgroup_mma(p_op, v_s.index(last), o)
-        for i in gl.static_range(2):
-            mbarrier.invalidate(bk.index(i))
-            mbarrier.invalidate(bv.index(i))
-        mbarrier.invalidate(bq)
-
-        o = o / gl.expand_dims(gl.convert_layout(l, row_o), 1)
-        lse = (m + gl.log2(l)) * 0.6931471805599453
-        offs = gl.arange(0, BM, layout=row_s)
-        gl.store(LSE + (b * H + h) * N + q_tok + offs, lse)
-        q_s.store(o.to(dt))  # Q is no longer read: its buffer stages O for the TMA store
-        fence_async_shared()
-        _tma_store(o_desc, [o_row, h * o_ch], q_s)
-        tma.store_wait(0)
+        if REDO:
+            if gl.load(FLAGS + flag_i) != 0:
+                _tile(q_desc, k_desc, v_desc, o_desc, LSE, FLAGS, flag_i, q_row, h * q_ch, o_row, h * o_ch,
+                      lse_off, k_base, v_base, kvh * k_ch, kvh * v_ch, lo0, lo1, lo2, hi1, hi2, n_box, n_kv,
+                      NT1, NT2, P, NG, NPRE, qk_scale, s_l, o_l, p_l, NS, False, OVERLAP)
+        else:
+            _tile(q_desc, k_desc, v_desc, o_desc, LSE, FLAGS, flag_i, q_row, h * q_ch, o_row, h * o_ch,
+                  lse_off, k_base, v_base, kvh * k_ch, kvh * v_ch, lo0, lo1, lo2, hi1, hi2, n_box, n_kv,
+                  NT1, NT2, P, NG, NPRE, qk_scale, s_l, o_l, p_l, NS, STALE, OVERLAP)
 
 
 def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0):
@@ -326,20 +393,26 @@ def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, ext
         raise ValueError(f"scale must be > 0, got {scale}")
     nxq = (P + S) // BLOCK
     grid = (nxq + math.prod(nt), H, B)
-    args = (*descs, lse, N, H // Hkv, *nt, P, NG, P // BLOCK, nxq, nxq, *coords,
+    flags = torch.empty(math.prod(grid), dtype=torch.int32, device=q.device)  # STALE: Q tiles to redo
+    args = (*descs, lse, flags, N, H // Hkv, *nt, P, NG, P // BLOCK, nxq, nxq, *coords,
             *shape3, *win3, *str3, scale * LOG2E)
     meta = dict(T0=tq3[0], T1=tq3[1], T2=tq3[2])
     return grid, args, meta
 
 
 def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8, overlap=True,
-                      extra_prefix=0, extra_suffix=0):
+                      extra_prefix=0, extra_suffix=0, stages=2, stale=False, redo=True):
     """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout, extra tokens
-    around the grid); returns ``(out, lse)`` in that layout. ``overlap=False``: the debugging
-    baseline (see kernel)."""
+    around the grid); returns ``(out, lse)`` in that layout. ``stages``: K/V buffers (2 or 3);
+    ``stale``: frozen row max, then the redo launch (``redo=False`` only shows, in a test,
+    what the frozen pass alone gives); ``overlap=False``: the debugging baseline (see kernel)."""
+    if stages not in (2, 3):
+        raise ValueError(f"stages must be 2 or 3, got {stages}")
     B, H, N, D = q.shape
     out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if lse is None else lse
     grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale, extra_prefix, extra_suffix)
-    _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, OVERLAP=overlap, enable_fp_fusion=True)
+    for second in (False, True) if stale and redo else (False,):
+        _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, NS=stages, STALE=bool(stale), REDO=second,
+                             OVERLAP=overlap, enable_fp_fusion=True)
     return out, lse

@@ -679,11 +679,11 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
         out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-    if (config is None and q.is_cuda and gluon_gna.enabled() and lse.is_contiguous()
-            and gluon_gna.unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
-                                             key_mask, natural, out) is None):
-        return gluon_gna.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse,
-                                           extra_prefix=extra_prefix, extra_suffix=extra_suffix)
+    gluon_ok = (q.is_cuda and gluon_gna.enabled() and lse.is_contiguous()
+                and gluon_gna.unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
+                                                 key_mask, natural, out) is None)
+    if config is None and gluon_ok and gluon_gna.mode() == "forced":
+        config = gluon_gna.FORCED
     grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
                                    key_mask, key_mask_grid, natural, out, lse, tma, grid_visible)
     BM = meta["BM"]
@@ -692,6 +692,10 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     sixteen_bit = q.dtype in (torch.float16, torch.bfloat16)
 
     def launch(cfg):
+        if cfg[0] == "gluon":  # ("gluon", stages, stale): the Gluon kernel (gluon_gna.CONFIGS)
+            gluon_gna.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse, extra_prefix=P, extra_suffix=S,
+                                        stages=cfg[1], stale=bool(cfg[2]))
+            return
         nw, ns, ws, fx, stale = (tuple(cfg) + (0, 0, 0))[:5]
         fx = int(fx) if sixteen_bit else 0  # the cubic exp is only accurate enough for 16-bit P
         k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, STALE=bool(stale), num_warps=nw,
@@ -700,10 +704,11 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
 
     if config is None and not _interpret():
         key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
-               bool(natural), meta["TMA"], meta["HAS_KM"], meta["KM_GRID"], torch.cuda.get_device_name(q.device))
+               bool(natural), meta["TMA"], meta["HAS_KM"], meta["KM_GRID"], gluon_ok,
+               torch.cuda.get_device_name(q.device))
         config = _CONFIG_CACHE.get(key)
         if config is None:
-            config = _autotune(launch, BM, out)
+            config = _autotune(launch, _configs(BM) + (list(gluon_gna.CONFIGS) if gluon_ok else []))
             _CONFIG_CACHE[key] = config
     elif config is None:
         config = (4, 1)
@@ -711,13 +716,13 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     return out, lse
 
 
-def _autotune(launch, BM, out):
-    """Time the few launch configs that suit this tile size; the cache keeps the winner."""
+def _autotune(launch, configs):
+    """Time the few launch configs that suit this problem; the cache keeps the winner."""
     if os.environ.get("GNA_TRITON_AUTOTUNE", "1") == "0":
-        return _configs(BM)[0]
+        return configs[0]
     from triton.testing import do_bench
     best, err = None, None
-    for cfg in _configs(BM):
+    for cfg in configs:
         try:
             t = do_bench(lambda: launch(cfg), warmup=5, rep=30, return_mode="median")
             _TUNE_LOG.append((cfg, t))

@@ -12,7 +12,7 @@ Its first run on a GPU, so this script is made to localise a failure, not just t
   tokens (whole tiles before and after the grid), then q/k/v as views of a packed QKV buffer
   (heads in the TMA view's columns), then the paper's shapes.
 
-    python tools/gpu/gluon_debug.py [--out DIR]
+    python tools/gpu/gluon_debug.py [--stages 3] [--stale] [--out DIR]
 """
 import argparse
 import json
@@ -47,7 +47,7 @@ LADDER = {
 }
 
 
-def rung(name, overlap):
+def rung(name, overlap, stages=2, stale=False):
     shape, w, s, qt, B, H, Hkv, D, dtype, P, S, packed = LADDER[name]
     spec = make_spec(shape, w, s)
     N = P + spec.num_tokens + S
@@ -66,7 +66,7 @@ def rung(name, overlap):
     lse = torch.full((B, H, N), float("nan"), device="cuda")
     try:
         gluon_gna.gna_forward_gluon(*tiled, spec, qt, 0.8 / math.sqrt(D), out, lse, overlap=overlap,
-                                    extra_prefix=P, extra_suffix=S)
+                                    extra_prefix=P, extra_suffix=S, stages=stages, stale=stale)
         torch.cuda.synchronize()
     except Exception as e:  # report and go on with the ladder
         return dict(case=name, overlap=overlap, error=f"{type(e).__name__}: {e}"[:300])
@@ -93,12 +93,14 @@ def rung(name, overlap):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    ap.add_argument("--stages", type=int, default=2, help="K/V stages (2 or 3)")
+    ap.add_argument("--stale", action="store_true", help="frozen row max (with its redo launch)")
     a = ap.parse_args()
     print(f"# {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {__import__('triton').__version__}")
     rows = []
     for name in LADDER:
         for overlap in (False, True):
-            r = rung(name, overlap)
+            r = rung(name, overlap, a.stages, a.stale)
             rows.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{'case':<18}{'kv/q':>5} {'baseline':>10} {'overlap':>10}")
