@@ -101,7 +101,7 @@ def _variants(args, model):
         ("compile", "compile default (dense)", lambda: torch.compile(model), None),
         ("gna", "gna", lambda: gna(True), None),
         ("gna-dense", "gna in dense_attention()", None, gna_compile.dense_attention),  # same model
-        ("gna-gluon", "gna, Gluon kernel", None, _gluon_kernel),  # same model; only if named
+        ("gna-gluon", "gna, Gluon kernel forced", None, _gluon_kernel),  # same model; only if named
         ("gna-nohoist", "gna, no hoisting", lambda: gna(False), None),
     ]
 
@@ -111,8 +111,8 @@ OPT_IN = {"gna-gluon"}  # variants run only when --variants names them
 
 @contextlib.contextmanager
 def _gluon_kernel():
-    """The experimental Gluon kernel (GNA_GLUON=1) for the calls it takes; read per call, so
-    the compiled gna model needs no recompile."""
+    """The Gluon kernel forced (GNA_GLUON=1) for every call it takes, instead of the autotuner's
+    choice; read per call, so the compiled gna model needs no recompile."""
     old = os.environ.get("GNA_GLUON")
     os.environ["GNA_GLUON"] = "1"
     try:

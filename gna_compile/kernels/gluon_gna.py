@@ -21,9 +21,12 @@ case only. That means:
 Everything else stays on the Triton kernel. Extra-token queries attend to every key; grid
 queries attend to their window box and then to every extra key (DESIGN.md §1).
 
-EXPERIMENTAL: so far this kernel has only been compiled offline, never run, so nothing
-selects it unless ``GNA_GLUON=1``; tests/test_gluon_gna.py checks it against the reference
-on a GPU.
+Variants (autotuned per problem beside the Triton kernel's configs, ``CONFIGS``): 2 or 3 K/V
+stages, and a frozen row max as in triton_gna (no max, no rescale after the first KV tile; Q
+tiles whose row sums leave [2^-60, 2^64) are redone exactly by a second launch). Checked on an
+H200 against the reference (tests/test_gluon_gna.py, tools/gpu/gluon_debug.py). Measured
+(benchmarks/NOTES.md, run 9): the frozen-max variants are 0-8% faster than the Triton kernel
+on the block-sparse cases, so the overlap buys less than its SASS promised.
 """
 from __future__ import annotations
 
