@@ -679,10 +679,11 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
         out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     if lse is None:
         lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-    gluon_ok = (q.is_cuda and gluon_gna.enabled() and lse.is_contiguous()
+    # Whether the Gluon kernel takes this call: only asked when the launch config is not given.
+    gluon_ok = (config is None and q.is_cuda and gluon_gna.enabled() and lse.is_contiguous()
                 and gluon_gna.unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
                                                  key_mask, natural, out) is None)
-    if config is None and gluon_ok and gluon_gna.mode() == "forced":
+    if gluon_ok and gluon_gna.mode() == "forced":
         config = gluon_gna.FORCED
     grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
                                    key_mask, key_mask_grid, natural, out, lse, tma, grid_visible)
