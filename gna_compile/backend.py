@@ -2,9 +2,13 @@
 
 ``torch.compile(model, backend="gna")`` works without importing this package (entry point
 ``torch_dynamo_backends``) and uses the default :class:`~gna_compile.policy.Policy`.
-``gna_compile.backend(policy=...)`` returns a configured backend. Each captured graph (one per
-graph break) is analyzed, rewritten in place, and handed to the inner compiler, Inductor by
-default; the GNA op stays one opaque node there.
+``gna_compile.backend(policy=...)`` returns a configured backend.
+
+Per captured graph: attention calls become site ops (:mod:`passes.sites`) and get the
+model's own module names (:mod:`passes.names`); AOTAutograd functionalizes and decomposes
+the graph; the analyses, the rewrite and permutation hoisting run on that ATen graph
+(Inductor's ``joint_custom_pre_pass``, or the inference/partition hook for the other inner
+compilers, so every inner compiler sees the same analysis); then the inner compiler runs.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .passes import CallRecord, run_passes
+from . import calls
+from .passes import AtenPass, CallRecord, prepare_graph
 from .policy import Policy
 
 __all__ = ["GNABackend", "backend", "gna_backend"]
@@ -27,11 +32,11 @@ _INNER = ("inductor", "aot_eager", "eager")
 class GNABackend:
     """A Dynamo backend: ``backend(gm, example_inputs) -> callable``.
 
-    ``records`` collects one :class:`CallRecord` per attention call of every graph compiled so
-    far (what ``explain()`` prints); ``inner`` is ``"inductor"`` (default), ``"aot_eager"``,
-    ``"eager"`` or a backend callable. ``hoist_permutations`` (default on) runs the permutation
-    hoisting pass after the rewrite (results in ``hoist_results``); it is skipped for graphs
-    compiled with gradients on, since the tiled-layout ops are inference-only.
+    ``records`` collects one :class:`CallRecord` per attention call site of every graph
+    compiled so far; ``graphs`` the rewritten ATen graphs; ``hoist_results`` what hoisting
+    did. ``inner`` is ``"inductor"`` (default), ``"aot_eager"``, ``"eager"`` or a compiler
+    callable, which receives the rewritten ATen graph. ``hoist_permutations`` (default on)
+    keeps tokens in tiled order between GNA calls (inference graphs only).
     """
 
     def __init__(self, policy: Optional[Policy] = None,
@@ -42,7 +47,7 @@ class GNABackend:
         if not isinstance(policy, Policy):
             raise ValueError(f"policy={policy!r} must be a gna_compile.Policy")
         if not callable(inner) and inner not in _INNER:
-            raise ValueError(f"inner={inner!r} must be one of {_INNER} or a Dynamo backend callable")
+            raise ValueError(f"inner={inner!r} must be one of {_INNER} or a compiler callable")
         self.policy, self.inner, self.do_rewrite = policy, inner, rewrite
         self.hoist = bool(hoist_permutations)
         self.records: list[CallRecord] = []
@@ -50,30 +55,58 @@ class GNABackend:
         self.graphs: list[torch.fx.GraphModule] = []
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):
-        records = run_passes(gm, self.policy, do_rewrite=self.do_rewrite)
+        prep = prepare_graph(gm, self.policy)
+        self.records.extend(prep.unmarked_records)
+        aten = AtenPass(self, prep)
+        compiled = self._compile(gm, example_inputs, aten)
+        return calls.wrap_graph(compiled, prep, aten)
+
+    # -- the pass hooks, called by AOTAutograd / Inductor with the ATen graph -----------------
+    def _record(self, aten_gm, records, hoist_result):
         self.records.extend(records)
-        needs_grad = torch.is_grad_enabled() and any(
-            isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
-        if self.hoist and self.do_rewrite and not needs_grad and any(r.rewritten for r in records):
-            from .passes.hoist_permutations import hoist_permutations
-            res = hoist_permutations(gm)
-            self.hoist_results.append(res)
-            log.info("gna_compile: %s", res)
-        self.graphs.append(gm)
+        self.graphs.append(aten_gm)
+        if hoist_result is not None:
+            self.hoist_results.append(hoist_result)
+            log.info("gna_compile: %s", hoist_result)
         for r in records:
             log.info("gna_compile: %s -> %s (%s)", r.module, r.decision, r.reason)
-        return self._compile(gm, example_inputs)
 
-    def _compile(self, gm, example_inputs):
-        if callable(self.inner):
-            return self.inner(gm, example_inputs)
-        if self.inner == "eager":
-            return gm.forward
-        if self.inner == "aot_eager":
-            from torch._dynamo.backends.registry import lookup_backend
-            return lookup_backend("aot_eager")(gm, example_inputs)
-        from torch._inductor.compile_fx import compile_fx
-        return compile_fx(gm, example_inputs)
+    def _compile(self, gm, example_inputs, aten):
+        if self.inner == "inductor":
+            from torch._inductor import config as inductor_config
+            from torch._inductor.compile_fx import compile_fx
+            user = inductor_config.joint_custom_pre_pass
+
+            def pre_pass(graph):
+                aten.run(graph.owning_module)
+                if user is not None:
+                    user(graph)
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                return compile_fx(gm, example_inputs, config_patches={
+                    "joint_custom_pre_pass": pre_pass, "fx_graph_cache": False})
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._functorch.aot_autograd import make_boxed_func
+        from torch._functorch.partitioners import default_partition
+        from torch._inductor.decomposition import select_decomp_table
+        inner = self.inner
+
+        def finish(g, ex):
+            if callable(inner):
+                fn = inner(g, ex)
+                return fn if getattr(fn, "_boxed_call", False) else make_boxed_func(fn)
+            return make_boxed_func(g.forward)
+
+        def inference(g, ex):
+            aten.run(g)
+            return finish(g, ex)
+
+        def partition(joint, joint_inputs, **kw):
+            aten.run(joint, training=True)
+            return default_partition(joint, joint_inputs, **kw)
+
+        return aot_autograd(fw_compiler=finish, inference_compiler=inference, partition_fn=partition,
+                            decompositions=select_decomp_table(),
+                            keep_inference_input_mutations=True)(gm, example_inputs)
 
     @property
     def rewritten(self) -> list[CallRecord]:

@@ -115,15 +115,36 @@ class GNA:
 
     def __post_init__(self):
         # Grid-independent checks, so a bad config fails where it is written.
+        per = {}
         for name in ("window", "stride", "dilation"):
             value = getattr(self, name)
             vals = (value,) if _is_int(value) else value
-            if not isinstance(vals, (tuple, list)) or not all(_is_int(v) for v in vals):
-                raise ValueError(f"{name}={value!r} must be an int or a tuple of ints")
+            if not isinstance(vals, (tuple, list)) or not vals or not all(_is_int(v) for v in vals):
+                raise ValueError(f"{name}={value!r} must be an int or a non-empty tuple of ints")
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        if isinstance(self.causal, list):
-            object.__setattr__(self, "causal", tuple(self.causal))
+            per[name] = tuple(vals)
+        c = self.causal
+        cvals = (c,) if isinstance(c, bool) else c
+        if not isinstance(cvals, (tuple, list)) or not cvals or not all(isinstance(x, bool) for x in cvals):
+            raise ValueError(f"causal={c!r} must be a bool or a tuple of bools")
+        if isinstance(c, list):
+            object.__setattr__(self, "causal", tuple(c))
+        per["causal"] = tuple(cvals)
+        ranks = {n: len(v) for n, v in per.items() if len(v) > 1}
+        if len(set(ranks.values())) > 1:
+            raise ValueError(f"per-dim values disagree on the number of dims: "
+                             + ", ".join(f"{n} has {k}" for n, k in ranks.items()))
+        rank = max([1, *ranks.values()])
+        w, st, d = (per[n] * rank if len(per[n]) == 1 else per[n] for n in ("window", "stride", "dilation"))
+        for i in range(rank):
+            if w[i] < 2:
+                raise ValueError(f"window={self.window!r}: every window must be >= 2 (got {w[i]})")
+            if not 1 <= st[i] <= w[i]:
+                raise ValueError(f"stride={self.stride!r} with window={self.window!r}: every stride "
+                                 f"must satisfy 1 <= stride <= window (got {st[i]} for window {w[i]})")
+            if d[i] < 1:
+                raise ValueError(f"dilation={self.dilation!r}: every dilation must be >= 1 (got {d[i]})")
 
     def bind(self, shape) -> GNASpec:
         """Validate against a grid shape (``ValueError`` on any broken rule)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from typing import Callable, Mapping, Optional, Union
 
 from .config import GNA, _check_shape
@@ -58,6 +59,18 @@ class Policy:
                 or not math.isfinite(min_speedup) or min_speedup <= 0:
             raise ValueError(f"min_speedup={min_speedup!r} must be a finite number > 0")
         self.min_speedup = float(min_speedup)
+        self._warned: set = set()
+
+    def warn_unmatched(self, names, what: str = "attention call") -> None:
+        """Warn once per rule that matches none of ``names`` (e.g. a typo like 'blokcs.*')."""
+        names = sorted(set(names))
+        for pattern, _ in self.rules:
+            if pattern in self._warned or any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                continue
+            self._warned.add(pattern)
+            sample = ", ".join(names[:3]) or "none"
+            warnings.warn(f"gna_compile: Policy rule {pattern!r} matches no {what} (names look like: "
+                          f"{sample}{', ...' if len(names) > 3 else ''})", stacklevel=3)
 
     def action_for(self, module: str) -> tuple[Action, str]:
         """(action, which rule chose it) for a module's qualified name."""

@@ -7,7 +7,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gna_compile as gc
-from gna_compile.passes.hoist_permutations import hoist_permutations
 
 OPS = torch.ops.gna_compile
 
@@ -34,7 +33,8 @@ class Block(nn.Module):
         k = k * cos + k.flip(-1) * sin
         tq, tk, tv = self.txt_qkv(txt).view(B, self.text, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = (torch.cat([t, x], dim=2) for t, x in ((tq, q), (tk, k), (tv, v)))
-        o = gc.gna_attention(q, k, v, self.grid, (3, 4), (1, 2), extra_prefix=self.text)
+        o = gc.gna_attention(q, k, v, self.grid, (3, 4), (1, 2), extra_prefix=self.text,
+                             tiles=getattr(self, "tiles", None))
         o = o.transpose(1, 2).reshape(B, self.text + N, C)
         t_out, i_out = o.split([self.text, N], dim=1)
         img = img + self.proj(i_out)
@@ -64,16 +64,12 @@ class TinyDiT(nn.Module):
         return out.view(B, h, w, 2, 2, 4).permute(0, 5, 1, 3, 2, 4).reshape(B, 4, 2 * h, 2 * w), txt
 
 
-def _capture(model, *inputs):
-    graphs = []
-
-    def grab(gm, example_inputs):
-        graphs.append((gm, list(example_inputs)))
-        return gm.forward
-
+def _compile(model, inputs, hoist):
     torch._dynamo.reset()
-    torch.compile(model, backend=grab, fullgraph=True)(*inputs)
-    return graphs[0]
+    be = gc.backend(gc.Policy(), inner="eager", hoist_permutations=hoist)
+    with torch.no_grad():
+        out = torch.compile(model, backend=be, fullgraph=True)(*inputs)
+    return be, out
 
 
 def _count(gm, name):
@@ -82,33 +78,35 @@ def _count(gm, name):
 
 def test_hoisted_dit_matches_and_permutes_once_per_boundary():
     torch.manual_seed(0)
-    model = TinyDiT().eval()
-    x, txt, temb = torch.randn(2, 4, 12, 16), torch.randn(2, 3, 32), torch.randn(2, 32)
-    gm, args = _capture(model, x, txt, temb)
-    for n in gm.graph.nodes:  # the rewrite pass records the simulator's tile; do the same here
-        if n.op == "call_function" and n.target is OPS.gna_attention.default:
-            n.meta["gna"] = {"q_tile": (2, 4)}
-    want = gm(*args)
-    res = hoist_permutations(gm)
+    model = TinyDiT(grid=(8, 8)).eval()  # the kernel's 8x8 tiles cover it without padding
+    inputs = torch.randn(2, 4, 16, 16), torch.randn(2, 3, 32), torch.randn(2, 32)
+    _, want = _compile(model, inputs, hoist=False)
+    be, got = _compile(model, inputs, hoist=True)
+    (res,) = be.hoist_results
     assert res.calls == 2 and res.regions == 1, str(res)
+    gm = be.graphs[0]
     assert _count(gm, "gna_attention") == 0 and _count(gm, "gna_attention_tiled") == 2
     # Boundaries: image tokens after the patch embedding, the position ids the cos/sin tables
     # are computed from (once for both blocks), and one unpermute before the unpatchify: 3
     # instead of 4 per call (8).
     assert _count(gm, "permute_tokens") == 2, gm.code
     assert _count(gm, "unpermute_tokens") == 1, gm.code
-    got = gm(*args)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+class _PaddedTiles(TinyDiT):
+    """The same model with a tiling written into the call that pads the 6x8 grid."""
+
+    def __init__(self):
+        super().__init__(grid=(6, 8))
+        for blk in self.blocks:
+            blk.tiles = ((4, 4), (4, 4))
+
+
 def test_padding_tile_is_not_hoisted():
     torch.manual_seed(0)
-    model = TinyDiT(grid=(6, 8)).eval()
-    x, txt, temb = torch.randn(1, 4, 12, 16), torch.randn(1, 3, 32), torch.randn(1, 32)
-    gm, _ = _capture(model, x, txt, temb)
-    for n in gm.graph.nodes:
-        if n.op == "call_function" and n.target is OPS.gna_attention.default:
-            n.meta["gna"] = {"q_tile": (4, 4)}
-    res = hoist_permutations(gm)
+    model = _PaddedTiles().eval()
+    be, _ = _compile(model, (torch.randn(1, 4, 12, 16), torch.randn(1, 3, 32), torch.randn(1, 32)), hoist=True)
+    (res,) = be.hoist_results
     assert res.calls == 0 and "pads grid" in str(res)

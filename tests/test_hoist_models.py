@@ -51,9 +51,10 @@ def _compile(build, hoist):
     return out, be
 
 
-# model -> (GNA calls, permutes allowed after hoisting: entries + exits, independent of depth;
-# the video DiT's are the hidden states in and out and its three per-axis RoPE position vectors)
-CASES = {"flux": (flux, 4, 3), "hunyuan": (hunyuan, 4, 5), "cosmos": (cosmos, 2, 5),
+# model -> (GNA calls, permutes allowed after hoisting: entries + exits, independent of depth:
+# the hidden states in and out, and the RoPE tables (FLUX: cos and sin, computed from position
+# id inputs; the video DiT: three per-axis position vectors))
+CASES = {"flux": (flux, 4, 4), "hunyuan": (hunyuan, 4, 4), "cosmos": (cosmos, 2, 4),
          "video_dit": (video_dit, 3, 5)}
 
 
@@ -77,9 +78,7 @@ def _boundary_listing(gm) -> str:
         op = getattr(n.target, "_opname", None)
         if n.op == "call_function" and op in names:
             src = n.args[0]
-            while getattr(src, "target", None) in (torch.movedim, torch.unsqueeze):
-                src = src.args[0]
-            extra = f" tile={n.args[2]} pre={n.args[3]} suf={n.args[4]}" if "permute" in op else ""
+            extra = f" tile={n.args[2]} pre={n.args[3]} suf={n.args[4]} dim={n.args[5]}" if "permute" in op else ""
             lines.append(f"{op}({src.name}){extra}")
     return "\n".join(lines)
 
@@ -95,11 +94,10 @@ class GoldenHoist(TestCase):
         with torch.no_grad():
             torch.compile(m.eval(), backend=be, fullgraph=True)(**kw)
         self.assertExpectedInline(_boundary_listing(graphs[0]), """\
-permute_tokens(flatten) tile=[2, 4, 8] pre=0 suf=0
-permute_tokens(float_1) tile=[2, 4, 8] pre=0 suf=0
-permute_tokens(float_2) tile=[2, 4, 8] pre=0 suf=0
-permute_tokens(float_3) tile=[2, 4, 8] pre=0 suf=0
-gna_attention_tiled(q_2)
-gna_attention_tiled(q_5)
-gna_attention_tiled(q_8)
-unpermute_tokens(x_7) tile=[2, 4, 8] pre=0 suf=0""")
+permute_tokens(view) tile=[2, 8, 8] pre=0 suf=0 dim=2
+permute_tokens(cat) tile=[2, 8, 8] pre=0 suf=0 dim=0
+permute_tokens(cat_1) tile=[2, 8, 8] pre=0 suf=0 dim=0
+gna_attention_tiled(cat_5)
+gna_attention_tiled(cat_10)
+gna_attention_tiled(cat_15)
+unpermute_tokens(view_70) tile=[2, 8, 8] pre=0 suf=0 dim=1""")

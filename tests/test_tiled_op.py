@@ -20,7 +20,7 @@ def test_tiled_attention_equals_natural_order_op():
     qp, kp, vp = (OPS.permute_tokens(t, *args) for t in (q, k, v))
     assert qp.shape[-2] == tiled_length(*args) == pre + 6 * 8 + post
     out_p = OPS.gna_attention_tiled(qp, kp, vp, list(shape), [3, 4], [1, 2], [1, 1], [False, True],
-                                    pre, post, 8 ** -0.5, km, True, list(tile), "auto")
+                                    pre, post, 8 ** -0.5, km, True, list(tile), list(tile), "auto")
     want = gc.gna_attention(q, k, v, shape, (3, 4), (1, 2), causal=(False, True),
                             extra_prefix=pre, extra_suffix=post, key_mask=km)
     torch.testing.assert_close(OPS.unpermute_tokens(out_p, *args), want)

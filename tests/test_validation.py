@@ -29,8 +29,29 @@ def test_spec_errors(kwargs, match):
         make_spec(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(window=1), r"window=1: every window must be >= 2"),
+    (dict(window=(8, 8), stride=9), r"stride=9 with window=\(8, 8\): every stride must satisfy 1 <= stride <= window"),
+    (dict(window=(8, 8), stride=(4, 0)), r"stride=\(4, 0\)"),
+    (dict(window=4, causal="yes"), r"causal='yes' must be a bool or a tuple of bools"),
+    (dict(window=4, causal=(True, 1)), r"causal=\(True, 1\) must be a bool"),
+    (dict(window=4, dilation=0), r"dilation=0: every dilation must be >= 1"),
+    (dict(window=(4, 4), stride=(1, 2, 2)), r"window has 2, stride has 3"),
+    (dict(window=()), r"window=\(\) must be an int or a non-empty tuple"),
+])
+def test_gna_validates_where_it_is_written(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GNA(**kwargs)
+
+
+def test_gna_accepts_valid_configs():
+    assert GNA((18, 24, 24), (16, 8, 8)).stride == (16, 8, 8)
+    assert GNA(4, stride=(1, 4)).bind((8, 8)).stride == (1, 4)
+    assert GNA(3, causal=(True, False)).bind((6, 6)).causal == (True, False)
+
+
 def test_gna_dataclass():
-    with pytest.raises(ValueError, match=r"window='big' must be an int or a tuple of ints"):
+    with pytest.raises(ValueError, match=r"window='big' must be an int or a non-empty tuple of ints"):
         GNA("big")
     spec = GNA([4, 6], stride=2).bind((8, 12))
     assert spec.window == (4, 6) and spec.stride == (2, 2) and spec.causal == (False, False)
@@ -63,7 +84,7 @@ def test_op_argument_errors():
         gc.gna_attention(q, k, v, (4, 4), 2, extra_prefix=-1, extra_suffix=5)
     with pytest.raises(ValueError, match=r"key_mask.dtype=torch.float32 must be torch.bool"):
         gc.gna_attention(q, k, v, (4, 4), 2, extra_suffix=4, key_mask=torch.ones(1, 20))
-    with pytest.raises(ValueError, match=r"key_mask \(1, 19\) must be \[B, N\]"):
+    with pytest.raises(ValueError, match=r"key_mask \(1, 19\) must broadcast to \[B, 1, 1, N\]"):
         gc.gna_attention(q, k, v, (4, 4), 2, extra_suffix=4, key_mask=torch.ones(1, 19, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"backend='cuda-magic' is not available"):
         gc.gna_attention(q, k, v, (4, 4), 2, extra_suffix=4, backend="cuda-magic")
@@ -71,6 +92,32 @@ def test_op_argument_errors():
         gc.gna_attention(q, k, v, (4, 4), 2, extra_suffix=4, backend=3)
     with pytest.raises(ValueError, match=r"window\[1\]=5"):
         gc.gna_attention(q, k, v, (4, 4), (2, 5), extra_suffix=4)
+
+
+def test_op_device_mismatch_raises():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"q, k, v must be on one device, got cpu, meta, cpu"):
+        gc.gna_attention(q, k.to("meta"), v, (4, 4), 2)
+    with pytest.raises(ValueError, match=r"key_mask is on meta but q is on cpu"):
+        gc.gna_attention(q, k, v, (4, 4), 2, key_mask=torch.ones(1, 16, dtype=torch.bool, device="meta"))
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 16, 8), (0, 2, 16, 8)])
+def test_op_empty_heads_or_batch_returns_empty_like_sdpa(shape):
+    q = torch.randn(*shape)
+    out = gc.gna_attention(q, q, q, (4, 4), 2)
+    want = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert out.shape == want.shape == shape
+
+
+def test_op_key_mask_broadcast_shapes():
+    q, k, v = _qkv()
+    m = torch.rand(16) > 0.3
+    want = gc.gna_attention(q, k, v, (4, 4), 2, key_mask=m[None])
+    for shaped in (m, m[None, None], m[None, None, None]):
+        torch.testing.assert_close(gc.gna_attention(q, k, v, (4, 4), 2, key_mask=shaped), want)
+    with pytest.raises(ValueError, match=r"must broadcast to \[B, 1, 1, N\]: it has 16 entries along a head/query dim"):
+        gc.gna_attention(q, k, v, (4, 4), 2, key_mask=m[None, None, :, None].expand(1, 1, 16, 16))
 
 
 def test_backend_override_env(monkeypatch):

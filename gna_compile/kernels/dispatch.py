@@ -1,8 +1,9 @@
 """Backend dispatch for the GNA op: picks a kernel at run time by device/dtype/support.
 
-Backends register ``run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
+Backends register ``run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles)
 -> (out, lse)`` and ``why_not(...) -> str | None`` (None = supported), where ``key_mask`` is
-None or a :class:`KeyMask`. ``"auto"`` takes the
+None or a :class:`KeyMask` and ``tiles`` is the recorded ``(q_tile, kv_tile)`` or None (then
+a tiled backend asks ``tile_choice.choose_tiles``, the function the compile pass asked). ``"auto"`` takes the
 first fast backend that supports the call and otherwise falls back to the reference, logging
 once per reason why. The pass never picks a backend; this module does, per call.
 """
@@ -23,6 +24,7 @@ from .reference import reference_attention
 __all__ = ["KeyMask", "register_backend", "available_backends", "run_gna", "dense_attention", "dense_mode"]
 
 log = logging.getLogger("gna_compile")
+_SDPA = torch._C._nn.scaled_dot_product_attention  # the builtin, never a patched F attribute
 
 
 class KeyMask(NamedTuple):
@@ -39,7 +41,7 @@ class _Backend:
     why_not: Callable  # -> None if supported, else a reason
 
 
-def _reference_run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+def _reference_run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     mask = None if key_mask is None else key_mask.mask
     return reference_attention(q, k, v, spec, extra_prefix, extra_suffix, scale, mask)
 
@@ -88,11 +90,12 @@ def forced_backend(backend: str) -> str:
     return os.environ.get("GNA_COMPILE_BACKEND", backend) if backend == "auto" else backend
 
 
-def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend: str = "auto"):
+def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend: str = "auto",
+            tiles=None):
     """Run GNA attention with the named backend (or the best supported one for "auto")."""
     _load_optional_backends()
     backend = forced_backend(backend)
-    args = (q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
+    args = (q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles)
     if backend == "auto":
         reasons = []
         for name in _AUTO_ORDER:
@@ -136,5 +139,4 @@ def dense_attention(enabled: bool = True):
 def dense_sdpa(q, k, v, scale, key_mask: KeyMask | None):
     """Full attention with the same key mask, via SDPA (cuDNN/flash where available)."""
     mask = None if key_mask is None else key_mask.mask[:, None, None, :]
-    return torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return _SDPA(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])

@@ -94,7 +94,7 @@ def _flex():
     return _COMPILED
 
 
-def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     if _ERR is not None:
         return _ERR
     if not q.is_cuda:
@@ -104,14 +104,14 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
     return None
 
 
-def q_tile_for(spec, extra_prefix=0, extra_suffix=0):
-    """Same tile order as the Triton kernel, restricted to 128-token tiles (flex's block)."""
+def q_tile_for(spec, extra_prefix=0, extra_suffix=0, tiles=None):
+    """Same tile order as the Triton kernel where its Q tile has 128 tokens (flex's block)."""
+    from .tile_choice import choose_tiles
     try:
-        from .triton_gna import choose_tiles
-        qt, _ = choose_tiles(spec, extra_prefix, extra_suffix)
+        qt = tuple(tiles[0]) if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)[0]
         if math.prod(qt) == 128:
             return qt
-    except ImportError:
+    except ValueError:
         pass
     from ..sim import default_tile
     return tuple(default_tile(spec.shape))
@@ -126,9 +126,9 @@ def run_permuted(qp, kp, vp, spec, q_tile, extra_prefix, extra_suffix, scale, ke
     return out, lse
 
 
-def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     P, S = extra_prefix, extra_suffix
-    q_tile = q_tile_for(spec, P, S)
+    q_tile = q_tile_for(spec, P, S, tiles)
     perm = [permute_tokens(t, spec.shape, q_tile, P, S) for t in (q, k, v)]
     kmp = None
     if key_mask is not None:

@@ -17,36 +17,67 @@ from ..config import make_spec
 from .dispatch import KeyMask, dense_mode, dense_sdpa, run_gna
 from .reference import reference_attention
 
-__all__ = ["gna_attention", "gna_attention_lse"]
+__all__ = ["gna_attention", "gna_attention_lse", "key_mask_2d"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _mask_arg(key_mask, key_mask_spatial):
-    """Backends get the mask as ``KeyMask``: the tensor plus whether it may hide spatial keys."""
-    return None if key_mask is None else KeyMask(key_mask, key_mask_spatial)
+def key_mask_2d(key_mask: Tensor, B: int, N: int) -> Tensor:
+    """A bool key mask broadcastable to ``[B, 1, 1, N]`` (``[N]``, ``[B, N]``, ``[B, 1, 1, N]``,
+    ...) as a contiguous ``[B, N]``."""
+    m = key_mask
+    while m.dim() > 2:
+        if m.shape[1] != 1:
+            raise ValueError(f"key_mask {tuple(key_mask.shape)} must broadcast to [B, 1, 1, N]: "
+                             f"it has {m.shape[1]} entries along a head/query dim")
+        m = m[:, 0]
+    if m.dim() == 1:
+        m = m[None]
+    if m.shape[-1] != N or m.shape[0] not in (1, B):
+        raise ValueError(f"key_mask {tuple(key_mask.shape)} must broadcast to [B, 1, 1, N] with "
+                         f"B in (1, {B}) and N={N}")
+    return m.expand(B, N).contiguous()
+
+
+def _mask_arg(q, key_mask, key_mask_spatial):
+    """Backends get the mask as ``KeyMask``: a bool [B, N] plus whether it may hide grid keys."""
+    if key_mask is None:
+        return None
+    return KeyMask(key_mask_2d(key_mask, q.shape[0], q.shape[2]), key_mask_spatial)
 
 
 def _spec(shape, window, stride, dilation, causal):
     return make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
 
 
+def _tiles(q_tile, kv_tile):
+    return (tuple(q_tile), tuple(kv_tile)) if q_tile else None
+
+
+def _empty_result(q, v):
+    """Zero-size problems (no batch, no heads): SDPA returns an empty tensor, so do we."""
+    B, H, N, _ = q.shape
+    return q.new_empty(B, H, N, v.shape[-1]), q.new_empty(B, H, N, dtype=torch.float32)
+
+
 @torch.library.custom_op("gna_compile::gna_attention_lse", mutates_args=())
 def _gna_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int],
                 stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                 extra_suffix: int, scale: float, key_mask: Optional[Tensor],
-                key_mask_spatial: bool, backend: str) -> tuple[Tensor, Tensor]:
+                key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int],
+                backend: str) -> tuple[Tensor, Tensor]:
+    if q.numel() == 0 or v.shape[-1] == 0:
+        return _empty_result(q, v)
     spec = _spec(shape, window, stride, dilation, causal)
     if dense_mode():
         spec = make_spec(spec.shape, spec.shape)
-    out, lse = run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
-                       _mask_arg(key_mask, key_mask_spatial), backend)
-    return out, lse
+    return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
+                   _mask_arg(q, key_mask, key_mask_spatial), backend, _tiles(q_tile, kv_tile))
 
 
 @_gna_lse_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
-      key_mask, key_mask_spatial, backend):
+      key_mask, key_mask_spatial, q_tile, kv_tile, backend):
     B, H, N, _ = q.shape
     return q.new_empty(B, H, N, v.shape[-1]), q.new_empty(B, H, N, dtype=torch.float32)
 
@@ -55,17 +86,20 @@ def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suff
 def _gna_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int],
             stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
             extra_suffix: int, scale: float, key_mask: Optional[Tensor], key_mask_spatial: bool,
-            backend: str) -> Tensor:
+            q_tile: list[int], kv_tile: list[int], backend: str) -> Tensor:
+    if q.numel() == 0 or v.shape[-1] == 0:
+        return _empty_result(q, v)[0]
+    km = _mask_arg(q, key_mask, key_mask_spatial)
     if dense_mode():
-        return dense_sdpa(q, k, v, scale, _mask_arg(key_mask, True)).contiguous()
+        return dense_sdpa(q, k, v, scale, None if km is None else KeyMask(km.mask, True)).contiguous()
     spec = _spec(shape, window, stride, dilation, causal)
-    return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
-                   _mask_arg(key_mask, key_mask_spatial), backend)[0]
+    return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, km, backend,
+                   _tiles(q_tile, kv_tile))[0]
 
 
 @_gna_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
-      key_mask, key_mask_spatial, backend):
+      key_mask, key_mask_spatial, q_tile, kv_tile, backend):
     B, H, N, _ = q.shape
     return q.new_empty(B, H, N, v.shape[-1])
 
@@ -77,7 +111,10 @@ def _gna_bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: list[i
                 dense: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients by recomputing the reference forward under autograd (an opaque op, so that
     AOTAutograd traces the backward as one node too)."""
+    dense = dense or dense_mode()
     spec = make_spec(tuple(shape), tuple(shape)) if dense else _spec(shape, window, stride, dilation, causal)
+    if key_mask is not None:
+        key_mask = key_mask_2d(key_mask, q.shape[0], q.shape[2])
     # Custom-op impls run below the autograd dispatch keys; re-enable them for the recompute.
     with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(
             torch._C.DispatchKey.AutogradFunctionality, False), torch._C._SetExcludeDispatchKeyGuard(
@@ -102,9 +139,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     q, k, v = ctx.saved_tensors
-    *params, _key_mask_spatial, _backend = ctx.params
+    *params, _key_mask_spatial, _q_tile, _kv_tile, _backend = ctx.params
     dq, dk, dv = _gna_bwd_op(grad_out, q, k, v, *params, ctx.dense)
-    return (dq, dk, dv, *([None] * 11))
+    return (dq, dk, dv, *([None] * 13))
 
 
 _gna_op.register_autograd(_backward, setup_context=_setup_context)
@@ -119,13 +156,15 @@ def _check_inputs(q, k, v, shape, extra_prefix, extra_suffix, key_mask):
             raise ValueError(f"{name}.dtype={t.dtype} is not supported: use one of {_DTYPES}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     B, H, N, D = q.shape
     if k.shape[:3] != v.shape[:3] or k.shape[0] != B or k.shape[2] != N:
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must be [B={B}, Hkv, N={N}, *] "
                          f"to match q {tuple(q.shape)}")
     if k.shape[-1] != D:
         raise ValueError(f"k has head dim {k.shape[-1]} but q has {D}")
-    if H % k.shape[1]:
+    if (k.shape[1] == 0) != (H == 0) or (H and H % k.shape[1]):
         raise ValueError(f"q has {H} heads, which is not a multiple of the {k.shape[1]} kv heads (GQA)")
     for name, e in (("extra_prefix", extra_prefix), ("extra_suffix", extra_suffix)):
         if not isinstance(e, int) or e < 0:
@@ -138,50 +177,68 @@ def _check_inputs(q, k, v, shape, extra_prefix, extra_suffix, key_mask):
                          f"{extra_prefix} + {grid} + {extra_suffix} = {extra_prefix + grid + extra_suffix}"
                          f" (shape={tuple(shape)})")
     if key_mask is not None:
-        if key_mask.dtype != torch.bool:
-            raise ValueError(f"key_mask.dtype={key_mask.dtype} must be torch.bool (True = attend)")
-        if key_mask.dim() == 4 and key_mask.shape[1:3] == (1, 1):
-            key_mask = key_mask[:, 0, 0, :]
-        if key_mask.dim() != 2 or key_mask.shape[-1] != N or key_mask.shape[0] not in (1, B):
-            raise ValueError(f"key_mask {tuple(key_mask.shape)} must be [B, N] or [B, 1, 1, N] "
-                             f"with B in (1, {B}) and N={N}")
-        key_mask = key_mask.expand(B, N).contiguous()
+        if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask.dtype={getattr(key_mask, 'dtype', type(key_mask).__name__)} "
+                             f"must be torch.bool (True = attend)")
+        if key_mask.device != q.device:
+            raise ValueError(f"key_mask is on {key_mask.device} but q is on {q.device}")
+        key_mask = key_mask_2d(key_mask, B, N)
     return key_mask
 
 
+def _check_tiles(tiles, spec):
+    if tiles is None:
+        return [], []
+    if not (isinstance(tiles, (tuple, list)) and len(tiles) == 2):
+        raise ValueError(f"tiles={tiles!r} must be None or (q_tile, kv_tile)")
+    from ..sim.tiles import is_kv_subtile
+    q_tile, kv_tile = (tuple(t) for t in tiles)
+    for name, t in (("q_tile", q_tile), ("kv_tile", kv_tile)):
+        if len(t) != spec.rank or not all(isinstance(x, int) and x >= 1 for x in t):
+            raise ValueError(f"tiles: {name}={t} must have {spec.rank} extents >= 1")
+    if not is_kv_subtile(q_tile, kv_tile):
+        raise ValueError(f"tiles: kv_tile={kv_tile} must be a contiguous sub-box of q_tile={q_tile}")
+    return list(q_tile), list(kv_tile)
+
+
 def _prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
-             scale, key_mask, key_mask_spatial, backend):
+             scale, key_mask, key_mask_spatial, backend, tiles):
     if not isinstance(backend, str):
         raise ValueError(f"backend={backend!r} must be a string such as 'auto' or 'reference'")
     spec = make_spec(shape, window, stride, dilation, causal)
     key_mask = _check_inputs(q, k, v, spec.shape, extra_prefix, extra_suffix, key_mask)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q_tile, kv_tile = _check_tiles(tiles, spec)
     return (q, k, v, list(spec.shape), list(spec.window), list(spec.stride), list(spec.dilation),
             list(spec.causal), extra_prefix, extra_suffix, scale, key_mask, bool(key_mask_spatial),
-            backend)
+            q_tile, kv_tile, backend)
 
 
 def gna_attention(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, dilation=1,
                   causal=False, *, extra_prefix: int = 0, extra_suffix: int = 0,
                   scale: float | None = None, key_mask: Tensor | None = None,
-                  key_mask_spatial: bool = True, backend: str = "auto") -> Tensor:
+                  key_mask_spatial: bool = True, backend: str = "auto", tiles=None) -> Tensor:
     """Generalized Neighborhood Attention over ``[B, H, N, D]`` tensors in natural token order.
 
     ``N = extra_prefix + prod(shape) + extra_suffix``. Spatial queries attend to their GNA
     neighborhood (DESIGN.md §1) plus every extra token; extra-token queries attend to all
-    tokens. k/v may have fewer heads (GQA). ``key_mask`` (bool ``[B, N]`` or ``[B, 1, 1, N]``,
-    True = attend) removes keys for every query; a query left with no key returns zeros.
+    tokens. k/v may have fewer heads (GQA). ``key_mask`` (bool, broadcastable to ``[B, 1, 1,
+    N]``, True = attend) removes keys for every query; a query left with no key returns zeros.
     ``key_mask_spatial=False`` promises the mask is True on every grid token, so fast backends
     apply it to the extra-token keys only (the reference applies it everywhere regardless).
+    ``tiles=(q_tile, kv_tile)`` fixes the kernel tiling (default: ``kernels.tile_choice``).
+    NaN/inf: a query whose attended keys/values (or itself) hold a NaN or inf returns what
+    dense SDPA returns for it (NaN/inf); keys it does not attend never affect it.
     """
     return _gna_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
-                             extra_suffix, scale, key_mask, key_mask_spatial, backend))
+                             extra_suffix, scale, key_mask, key_mask_spatial, backend, tiles))
 
 
 def gna_attention_lse(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, dilation=1,
                       causal=False, *, extra_prefix: int = 0, extra_suffix: int = 0,
                       scale: float | None = None, key_mask: Tensor | None = None,
-                      key_mask_spatial: bool = True, backend: str = "auto") -> tuple[Tensor, Tensor]:
+                      key_mask_spatial: bool = True, backend: str = "auto",
+                      tiles=None) -> tuple[Tensor, Tensor]:
     """Like :func:`gna_attention` but also returns the fp32 log-sum-exp ``[B, H, N]`` (no autograd)."""
     return _gna_lse_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
-                                 extra_suffix, scale, key_mask, key_mask_spatial, backend))
+                                 extra_suffix, scale, key_mask, key_mask_spatial, backend, tiles))

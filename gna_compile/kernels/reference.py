@@ -32,16 +32,30 @@ def default_tile(shape, target: int = 256) -> tuple[int, ...]:
 
 
 def _attend(q, k, v, allowed, scale, out_dtype):
-    """Masked softmax attention on one block. ``allowed`` broadcasts to ``[..., Nq, Nk]``."""
+    """Masked softmax attention on one block. ``allowed`` broadcasts to ``[..., Nq, Nk]``.
+
+    NaN/inf behave as in dense SDPA for the keys a query attends: a NaN score or value there
+    makes the row NaN. A key the query does not attend never reaches it, also when its value
+    is NaN/inf (``0 * nan`` would): those values are multiplied out separately. A row with no
+    attendable key returns 0, like SDPA's kernels."""
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     s = torch.matmul(q.to(cdt), k.to(cdt).transpose(-1, -2)) * scale
-    s = s.masked_fill(~allowed, float("-inf"))
+    s = s.masked_fill(~allowed, float("-inf"))  # masked NaN scores become -inf too
     lse = torch.logsumexp(s, dim=-1)
-    finite = torch.isfinite(lse)
-    p = torch.exp(s - torch.where(finite, lse, torch.zeros_like(lse)).unsqueeze(-1))
-    out = torch.matmul(p, v.to(cdt))
-    # A row that sees no key (all keys padded out) returns 0, like flash attention.
-    out = torch.where(finite.unsqueeze(-1), out, torch.zeros_like(out))
+    empty = lse == float("-inf")
+    p = torch.exp(s - torch.where(empty, torch.zeros_like(lse), lse).unsqueeze(-1))
+    vv = v.to(cdt)
+    bad = ~torch.isfinite(vv).all(dim=-1)  # [..., Nk]: keys whose value holds a NaN/inf
+    if bool(bad.any()):
+        cols = bad.reshape(-1, bad.shape[-1]).any(0).nonzero().flatten()
+        out = torch.matmul(p, vv.masked_fill(bad.unsqueeze(-1), 0.0))
+        pb, vb = p.index_select(-1, cols), vv.index_select(-2, cols)
+        ab = allowed.expand(*allowed.shape[:-1], p.shape[-1]).index_select(-1, cols)
+        contrib = torch.where(ab.unsqueeze(-1), pb.unsqueeze(-1) * vb.unsqueeze(-3), 0.0)
+        out = out + contrib.sum(-2)
+    else:
+        out = torch.matmul(p, vv)
+    out = torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)
     return out.to(out_dtype), lse.to(torch.float32)
 
 

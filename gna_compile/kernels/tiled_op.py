@@ -1,7 +1,8 @@
 """Custom ops over the *tiled* token layout, for graphs whose permutations were hoisted.
 
-``gna_compile::permute_tokens`` / ``unpermute_tokens`` move a tensor's token dim (dim -2)
-between natural and tiled order (DESIGN.md §2), and ``gna_compile::gna_attention_tiled`` is
+``gna_compile::permute_tokens`` / ``unpermute_tokens`` move a tensor's token dim between
+natural and tiled order (DESIGN.md §2): ``dim`` holds the sequence as its innermost factor
+(``[B, N, C]`` at dim 1, ``[B*N, C]`` at dim 0), and ``gna_compile::gna_attention_tiled`` is
 GNA on inputs already in tiled order (``[prefix][padded tiled grid][suffix]``), returning
 output in the same order. The permutation pass puts a permute where spatial tokens enter a
 token-wise region and an unpermute where they leave, so blocks in between never permute.
@@ -38,45 +39,62 @@ def _fast_permute():
     return triton_permute
 
 
-def _permute_impl(x, shape, tile, extra_prefix, extra_suffix, inverse):
-    mod = _fast_permute() if x.is_cuda else None
+def _lengths(shape, tile, extra_prefix, extra_suffix, inverse):
+    """(token count in, token count out) of a permutation."""
+    natural = extra_prefix + math.prod(shape) + extra_suffix
+    tiled = tiled_length(shape, tile, extra_prefix, extra_suffix)
+    return (tiled, natural) if inverse else (natural, tiled)
+
+
+def _permute_impl(x, shape, tile, extra_prefix, extra_suffix, dim, inverse):
+    n_in, _ = _lengths(shape, tile, extra_prefix, extra_suffix, inverse)
+    dim = dim % x.dim()
+    if x.shape[dim] % n_in:
+        raise ValueError(f"dim {dim} of size {x.shape[dim]} does not hold whole {n_in}-token sequences")
+    # [..., outer*n, rest...] -> [lead, n, rest] with the tokens at dim -2
+    lead = x.shape[:dim] + (x.shape[dim] // n_in,)
+    rest = x.shape[dim + 1:]
+    y = x.reshape(math.prod(lead), n_in, math.prod(rest))
+    mod = _fast_permute() if y.is_cuda else None
     name = "unpermute_tokens_triton" if inverse else "permute_tokens_triton"
-    if mod is not None and mod.supports(x):
-        return getattr(mod, name)(x, shape, tile, extra_prefix, extra_suffix)
-    fn = unpermute_tokens if inverse else permute_tokens
-    out = fn(x, shape, tile, extra_prefix, extra_suffix).contiguous()
+    if mod is not None and mod.supports(y):
+        out = getattr(mod, name)(y, shape, tile, extra_prefix, extra_suffix)
+    else:
+        fn = unpermute_tokens if inverse else permute_tokens
+        out = fn(y, shape, tile, extra_prefix, extra_suffix)
+    out = out.reshape(*x.shape[:dim], -1, *rest).contiguous()
     # An identity layout (e.g. a tile spanning whole rows) comes back as a view of x; a custom
     # op must not return an alias of its input.
     same = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
     return out.clone() if same else out
 
 
-def _permuted_len_shape(x, shape, tile, extra_prefix, extra_suffix, inverse):
-    n = (extra_prefix + math.prod(shape) + extra_suffix) if inverse else \
-        tiled_length(shape, tile, extra_prefix, extra_suffix)
-    return (*x.shape[:-2], n, x.shape[-1])
+def _permuted_shape(x, shape, tile, extra_prefix, extra_suffix, dim, inverse):
+    n_in, n_out = _lengths(shape, tile, extra_prefix, extra_suffix, inverse)
+    dim = dim % x.dim()
+    return (*x.shape[:dim], x.shape[dim] // n_in * n_out, *x.shape[dim + 1:])
 
 
 @torch.library.custom_op("gna_compile::permute_tokens", mutates_args=())
 def permute_op(x: Tensor, shape: list[int], tile: list[int], extra_prefix: int,
-               extra_suffix: int) -> Tensor:
-    return _permute_impl(x, shape, tile, extra_prefix, extra_suffix, inverse=False)
+               extra_suffix: int, dim: int = -2) -> Tensor:
+    return _permute_impl(x, shape, tile, extra_prefix, extra_suffix, dim, inverse=False)
 
 
 @permute_op.register_fake
-def _(x, shape, tile, extra_prefix, extra_suffix):
-    return x.new_empty(_permuted_len_shape(x, shape, tile, extra_prefix, extra_suffix, False))
+def _(x, shape, tile, extra_prefix, extra_suffix, dim=-2):
+    return x.new_empty(_permuted_shape(x, shape, tile, extra_prefix, extra_suffix, dim, False))
 
 
 @torch.library.custom_op("gna_compile::unpermute_tokens", mutates_args=())
 def unpermute_op(x: Tensor, shape: list[int], tile: list[int], extra_prefix: int,
-                 extra_suffix: int) -> Tensor:
-    return _permute_impl(x, shape, tile, extra_prefix, extra_suffix, inverse=True)
+                 extra_suffix: int, dim: int = -2) -> Tensor:
+    return _permute_impl(x, shape, tile, extra_prefix, extra_suffix, dim, inverse=True)
 
 
 @unpermute_op.register_fake
-def _(x, shape, tile, extra_prefix, extra_suffix):
-    return x.new_empty(_permuted_len_shape(x, shape, tile, extra_prefix, extra_suffix, True))
+def _(x, shape, tile, extra_prefix, extra_suffix, dim=-2):
+    return x.new_empty(_permuted_shape(x, shape, tile, extra_prefix, extra_suffix, dim, True))
 
 
 def _perm_autograd(inverse):
@@ -85,7 +103,7 @@ def _perm_autograd(inverse):
 
     def backward(ctx, g):
         other = permute_op if inverse else unpermute_op
-        return (other(g.contiguous(), *ctx.args), None, None, None, None)
+        return (other(g.contiguous(), *ctx.args), None, None, None, None, None)
     return backward, setup
 
 
@@ -94,40 +112,41 @@ for _op, _inverse in ((permute_op, False), (unpermute_op, True)):
     _op.register_autograd(_bwd, setup_context=_setup)
 
 
-def _fast_tiled(q, k, v, spec, tile, extra_prefix, extra_suffix, scale, km):
+def _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km):
     """The Triton kernel on tiled-order tensors, or None where it does not support the call."""
     try:
         from .triton_backend import why_not
-        from .triton_gna import gna_attention_permuted, kv_tiles_for
+        from .triton_gna import gna_attention_permuted
     except ImportError:
         return None
-    if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km) is not None:
+    if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:
         return None
-    if math.prod(tile) not in (64, 128) or any(t & (t - 1) for t in tile):
-        return None  # the kernel's Q tiles are 64/128-token power-of-two boxes
-    kv_tile = kv_tiles_for(tile, 128) or kv_tiles_for(tile, 64)
-    if kv_tile is None:
-        return None
-    return gna_attention_permuted(q, k, v, spec, tile, kv_tile, extra_prefix, extra_suffix, scale, km)[0]
+    return gna_attention_permuted(q, k, v, spec, *tiles, extra_prefix, extra_suffix, scale, km)[0]
 
 
 @torch.library.custom_op("gna_compile::gna_attention_tiled", mutates_args=())
 def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int],
                  stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                  extra_suffix: int, scale: float, key_mask: Optional[Tensor],
-                 key_mask_spatial: bool, tile: list[int], backend: str) -> Tensor:
-    """GNA on tiled-order q/k/v (layout tile ``tile``); ``key_mask`` stays in natural order."""
+                 key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int], backend: str) -> Tensor:
+    """GNA on q/k/v in the tiled order of ``q_tile``; ``key_mask`` stays in natural order."""
+    from .op import key_mask_2d
     spec = make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
+    args = (tuple(shape), tuple(q_tile), extra_prefix, extra_suffix)
+    n_nat = extra_prefix + spec.num_tokens + extra_suffix
+    if key_mask is not None:
+        key_mask = key_mask_2d(key_mask, q.shape[0], n_nat)
     km = None if key_mask is None else KeyMask(key_mask, key_mask_spatial)
+    if q.numel() == 0:
+        return q.new_empty(*q.shape[:-1], v.shape[-1])
     if q.is_cuda and forced_backend(backend) in ("auto", "triton") and not dense_mode():
-        out = _fast_tiled(q, k, v, spec, tuple(tile), extra_prefix, extra_suffix, scale, km)
+        out = _fast_tiled(q, k, v, spec, (tuple(q_tile), tuple(kv_tile)), extra_prefix, extra_suffix, scale, km)
         if out is not None:  # None: the kernel does not support this call
             return out.contiguous()
     # Fallback: back to natural order, reference (or dense SDPA in hybrid mode), tiled again.
-    args = (tuple(shape), tuple(tile), extra_prefix, extra_suffix)
     qn, kn, vn = (unpermute_tokens(t, *args) for t in (q, k, v))
     if dense_mode():
-        out = dense_sdpa(qn, kn, vn, scale, km)
+        out = dense_sdpa(qn, kn, vn, scale, None if km is None else KeyMask(km.mask, True))
     else:
         out, _ = reference_attention(qn, kn, vn, spec, extra_prefix, extra_suffix, scale, key_mask)
     return permute_tokens(out, *args).contiguous()
@@ -135,5 +154,5 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
 
 @gna_tiled_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
-      key_mask, key_mask_spatial, tile, backend):
+      key_mask, key_mask_spatial, q_tile, kv_tile, backend):
     return q.new_empty(*q.shape[:-1], v.shape[-1])

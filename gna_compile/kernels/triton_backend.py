@@ -2,7 +2,7 @@
 
 Runs on natural-order tensors: the kernel gathers Q/K/V rows and scatters O rows by tile
 coordinates itself, so no permutation pass is needed here (``gna_attention_permuted`` is the
-entry point for already permuted tensors). Tiles come from the simulator per problem.
+entry point for already permuted tensors). Tiles: the recorded ones, else ``tile_choice.choose_tiles``.
 Supported: CUDA sm80+, float16/bfloat16, head dims 32/64/128 (q, k, v equal), GQA. On the CPU
 it runs only under TRITON_INTERPRET=1 with GNA_TRITON_ON_CPU=1 (tests; float32 allowed), so
 backend="auto" keeps the reference there.
@@ -31,7 +31,7 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     """None if the Triton kernel can run this call, else the reason."""
     if _TRITON_ERR is not None:
         return _TRITON_ERR
@@ -56,17 +56,24 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
         return f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
     if scale is not None and not scale > 0:
         return f"scale {scale} (the kernel takes the row max before scaling, so it needs scale > 0)"
-    try:
-        from .triton_gna import choose_tiles
-        choose_tiles(spec, extra_prefix, extra_suffix)
-    except ValueError as e:
-        return str(e)
+    if tiles is None:
+        try:
+            from .tile_choice import choose_tiles
+            choose_tiles(spec, extra_prefix, extra_suffix)
+        except ValueError as e:
+            return str(e)
+    else:
+        import math
+        bm, bn = math.prod(tiles[0]), math.prod(tiles[1])
+        if bm not in (16, 32, 64, 128) or bn not in (16, 32, 64, 128):
+            return f"tiles {tiles} ({bm}x{bn} tokens; the kernel takes 16..128-token tiles)"
     return None
 
 
-def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
-    from .triton_gna import choose_tiles, gna_forward
-    q_tile, kv_tile = choose_tiles(spec, extra_prefix, extra_suffix)
+def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
+    from .tile_choice import choose_tiles
+    from .triton_gna import gna_forward
+    q_tile, kv_tile = tiles if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     km, grid_mask = None, False
     if key_mask is not None:

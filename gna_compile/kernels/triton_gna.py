@@ -28,12 +28,12 @@ import triton
 import triton.language as tl
 
 from . import gluon_gna
-from .tile_choice import (PARTIAL_PENALTY, _contiguous_sub, choose_tiles, kv_tiles_for, predicted_speedup,
-                          tile_stats)
+from ..sim.tiles import is_kv_subtile
+from .tile_choice import PARTIAL_PENALTY, choose_tiles, kv_tiles_for, tile_stats
 
 __all__ = ["gna_forward", "gna_attention_permuted", "launch_args", "SUPPORTED_HEAD_DIMS",
            # tile choice (tile_choice.py), re-exported for the kernel's callers
-           "choose_tiles", "tile_stats", "kv_tiles_for", "predicted_speedup", "PARTIAL_PENALTY"]
+           "choose_tiles", "tile_stats", "kv_tiles_for", "PARTIAL_PENALTY"]
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 LOG2E = 1.4426950408889634
@@ -602,7 +602,7 @@ def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scal
     tq3, tk3 = _pad3(q_tile, 1), _pad3(kv_tile, 1)
     if len(q_tile) != rank or len(kv_tile) != rank:
         raise ValueError(f"q_tile={q_tile} / kv_tile={kv_tile} need {rank} dims")
-    if not _contiguous_sub(tuple(q_tile), tuple(kv_tile)):
+    if not is_kv_subtile(tuple(q_tile), tuple(kv_tile)):
         raise ValueError(f"kv_tile={kv_tile} must be a contiguous sub-box of q_tile={q_tile}")
     BM, BN = math.prod(q_tile), math.prod(kv_tile)
     if BM not in (16, 32, 64, 128) or BN not in (16, 32, 64, 128):

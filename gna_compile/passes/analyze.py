@@ -1,26 +1,42 @@
-"""Analyze every SDPA call of a graph: supported arguments? token layout? key mask? decision.
+"""Analyze every attention site of a functionalized ATen graph: one :class:`CallRecord` each.
 
-Produces one :class:`CallRecord` per call; only records with ``decision == "gna"`` are
-rewritten. Each refusal carries a readable reason, because anything not proven stays dense.
+Supported arguments? (heads, batch, scale, key mask) A proven token layout? (:mod:`layout`)
+Which config? (:mod:`decide`) Every refusal carries a readable reason: anything not proven
+stays dense. Sizes that the decision depends on (the grid, the extra-token counts) are fixed
+with guards, never the batch; a dim the user marked dynamic is never fixed (refused instead).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import sympy
-from torch.fx import GraphModule
+from torch.fx import Graph
 
 from .decide import decide
-from .find_sdpa import SdpaCall, find_sdpa
 from .keymask import key_mask_problem, keys_unmasked
-from .layout import Axis, LayoutTracer, Segment, format_layout, same_layout
+from .layout import TokenLayout, format_layout, token_layout
+from .ops import args_of
+from .provenance import Provenance, dim_size
 from .record import CallRecord
-from .spatial import axis_problem
-from .symbolic import example_value, find_shape_env, hint, same, shape_of
+from .sites import SITE_OP
+from .symbolic import guard_at_least, guard_equal, hint, marked_dynamic, same, shape_of
 
-__all__ = ["analyze"]
+__all__ = ["Context", "analyze"]
 
 
-def _show(shape, env) -> tuple:
+@dataclass
+class Context:
+    """What the analysis needs besides the graph."""
+
+    policy: object
+    sites: dict                                   # site id -> Site
+    input_kinds: dict = field(default_factory=dict)  # ATen placeholder -> "input" | "leaf"
+    dynamic_sources: set = field(default_factory=set)  # "L['x'].size()[2]" marked dynamic
+    actions: dict = field(default_factory=dict)   # site id -> (action, source) or a reason str
+
+
+def _show(shape, env):
     out = []
     for s in shape:
         h = hint(s, env)
@@ -28,168 +44,119 @@ def _show(shape, env) -> tuple:
     return tuple(out)
 
 
-def analyze(gm: GraphModule, policy) -> list[CallRecord]:
-    tracer, env = LayoutTracer(), find_shape_env(gm.graph)
-    return [_analyze_call(c, policy, tracer, env) for c in find_sdpa(gm.graph)]
+def analyze(graph: Graph, ctx: Context, shape_env) -> list[CallRecord]:
+    prov = Provenance(graph, ctx.input_kinds)
+    records = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is SITE_OP:
+            site = ctx.sites.get(node.args[-1])
+            rec = CallRecord(site.module if site else "<unknown>", site=node.args[-1],
+                             where=site.where if site else "")
+            rec.plan["node"] = node
+            _analyze(rec, node, prov, ctx, shape_env)
+            records.append(rec)
+    return records
 
 
-def _analyze_call(c: SdpaCall, policy, tracer, env) -> CallRecord:
-    qs, ks, vs = shape_of(c.q), shape_of(c.k), shape_of(c.v)
-    rec = CallRecord(c.module or "<top>", *(_show(s, env) if s else None for s in (qs, ks, vs)))
-    rec.plan["node"], rec.plan["call"] = c.node, c
+def _analyze(rec: CallRecord, node, prov: Provenance, ctx: Context, env) -> None:
+    a = args_of(node)
+    q, k, v, mask = a["q"], a["k"], a["v"], a["attn_mask"]
+    qs, ks, vs = shape_of(q), shape_of(k), shape_of(v)
+    rec.q_shape, rec.k_shape, rec.v_shape = (_show(s, env) if s else None for s in (qs, ks, vs))
     if qs is None or ks is None or vs is None or not (len(qs) == len(ks) == len(vs) == 4):
         rec.reason = "q/k/v are not 4-D [B, H, N, D] tensors"
-        return rec
-    if not (isinstance(c.dropout_p, (int, float)) and c.dropout_p == 0):
-        rec.reason = f"dropout_p={c.dropout_p} (the GNA op has no attention dropout)"
-        return rec
-    if c.is_causal is not False:
-        rec.reason = f"is_causal={c.is_causal} (causal over the flat sequence is not a spatial mask)"
-        return rec
-    if not same(qs[1], ks[1]) and not (c.enable_gqa is True):
-        rec.reason = f"q has {qs[1]} heads but k has {ks[1]} without enable_gqa"
-        return rec
-    if c.scale is None:
+        return
+    if not (same(qs[0], ks[0]) and same(ks[0], vs[0])):
+        rec.reason = f"q batch {qs[0]} and k/v batch {ks[0]}/{vs[0]} differ (SDPA broadcasting)"
+        return
+    if not same(ks[1], vs[1]):
+        rec.reason = f"k has {ks[1]} heads but v has {vs[1]}"
+        return
+    gqa = a["enable_gqa"]
+    if not same(qs[1], ks[1]):
+        hq, hk = hint(qs[1], env), hint(ks[1], env)
+        ok = hq is not None and hk is not None and hk > 0 and hq % hk == 0 and (gqa or hk == 1) \
+            and qs[1].is_Integer and ks[1].is_Integer
+        if not ok:
+            rec.reason = f"q has {qs[1]} heads but k has {ks[1]}" + ("" if gqa else " without enable_gqa")
+            return
+    if a["scale"] is None:
         if not qs[3].is_Integer:
             rec.reason = "symbolic head dim: cannot fix the default scale"
-            return rec
+            return
         scale = float(int(qs[3])) ** -0.5
-    elif isinstance(c.scale, (int, float)):
-        scale = float(c.scale)
     else:
-        rec.reason = "scale is a run-time value"
-        return rec
-    if c.attn_mask is not None:
-        problem = key_mask_problem(c.attn_mask, qs, ks)
+        scale = float(a["scale"])
+    if mask is not None:
+        problem = key_mask_problem(mask, qs, ks)
         if problem:
             rec.reason = problem
-            return rec
-
-    lq, lk = tracer.trace(c.q, 2), tracer.trace(c.k, 2)
-    if not same_layout(lq, lk):
-        if not same(qs[2], ks[2]):
-            rec.reason = "cross-attention: keys are not the query tokens"
-        else:
-            rec.reason = f"q and k token layouts differ: {format_layout(lq)} vs {format_layout(lk)}"
-        rec.layout = f"q: {format_layout(lq)}"
-        return rec
-    rec.layout = format_layout(lq)
-    layout = _resolve_grid(rec, _check_spatial(rec, lq, tracer, env), policy, env)
-    if layout is None:
-        return rec
-    gi = next(i for i, s in enumerate(layout) if s.grid)
-    if policy.action_for(rec.module)[0] == "auto":
-        # The simulator's choice depends on the sizes: fix them (Dynamo guards on it, so
-        # another size recompiles and is decided afresh).
-        layout = _specialize(layout)
-        if layout is None:
-            rec.reason = "symbolic token count with no source dim to read it from"
-            return rec
-    axes = [a for a in layout[gi].axes if not same(a.size, 1)]
-    grid = tuple(hint(a.size, env) for a in axes)
-    if not 1 <= len(axes) <= 3 or any(g is None for g in grid):
-        rec.reason = f"grid {format_layout(layout[gi:gi + 1])} has {len(axes)} dims (GNA supports 1-3)"
-        return rec
-    pre_segs, suf_segs = layout[:gi], layout[gi + 1:]
-    pre_n = sum((s.size for s in pre_segs), sympy.Integer(0))
-    suf_n = sum((s.size for s in suf_segs), sympy.Integer(0))
-    prefix, suffix = hint(pre_n, env), hint(suf_n, env)
+            return
+    lay = token_layout(prov, q, k, ctx.policy, env)
+    if isinstance(lay, str):
+        rec.layout, rec.reason = "-", lay
+        return
+    rec.layout = format_layout(lay.segments, lay.grid_index, lay.policy_grid)
+    rec.source = lay.grid.source if lay.grid is not None else "policy layout"
+    got = ctx.actions.get(rec.site, (ctx.policy.action_for(rec.module)))
+    if isinstance(got, str):  # e.g. a graph shared by modules whose rules differ
+        rec.reason = got
+        return
+    action, source = got
+    sizes = _fixed_sizes(rec, lay, action, env, ctx, prov)
+    if sizes is None:
+        return
+    grid, axes_exprs, prefix, suffix = sizes
     rec.grid, rec.extra_prefix, rec.extra_suffix = grid, prefix, suffix
-
-    spatial = True
-    if c.attn_mask is not None:
-        spatial = not keys_unmasked(c.attn_mask, pre_n, sympy.expand(pre_n + layout[gi].size))
-        rec.key_mask = "keys" if spatial else "keys (extra tokens only)"
-
-    decide(rec, policy, grid, prefix, suffix)
-    if rec.rewritten and not _guard_window(axes, rec):
-        rec.decision, rec.reason = "dense", "symbolic grid size with no source dim to guard on"
-    rec.plan.update(axes=axes, pre=pre_segs, suf=suf_segs, scale=scale, spatial=spatial)
-    return rec
-
-
-def _symint(axis):
-    if axis.origin is None:
-        return None
-    node, dim = axis.origin
-    return example_value(node).shape[dim]
+    spatial_mask = True
+    if mask is not None:
+        lo = lay.prefix
+        hi = sympy.expand(lo + dim_size(lay.segments[lay.grid_index][0]))
+        spatial_mask = not keys_unmasked(prov, mask, lo, hi)
+        rec.key_mask = "keys" if spatial_mask else "keys (extra tokens only)"
+    decide(rec, action, source, ctx.policy, grid, prefix, suffix)
+    if rec.rewritten:
+        for e, w, d in zip(axes_exprs, rec.window, rec.dilation):
+            if not guard_at_least(e, w * d, env):
+                rec.decision, rec.reason = "dense", f"grid size {e} is smaller than window*dilation {w * d}"
+                return
+    rec.plan.update(axes=axes_exprs, prefix=lay.prefix, suffix=lay.suffix, scale=scale,
+                    spatial=spatial_mask, mask=mask)
 
 
-def _specialize(layout):
-    """The layout with every symbolic size fixed to its example value (guarded), or None."""
-    out = []
-    for seg in layout:
-        axes = []
-        for a in seg.axes:
-            if not a.size.is_Integer:
-                v = _symint(a)
-                if v is None:
-                    return None
-                a = Axis(sympy.Integer(int(v)), a.origin)  # int() installs the guard
-            axes.append(a)
-        out.append(Segment(tuple(axes), seg.grid))
-    return tuple(out)
-
-
-def _guard_window(axes, rec) -> bool:
-    """A fixed window on a symbolic grid: guard ``size >= dilation * window`` per dim, so a
-    smaller input recompiles (and is refused with a reason) instead of failing in the op."""
-    for a, w, d in zip(axes, rec.window, rec.dilation):
-        if a.size.is_Integer:
-            continue
-        v = _symint(a)
+def _fixed_sizes(rec, lay: TokenLayout, action, env, ctx, prov):
+    """(grid ints, grid size exprs, prefix int, suffix int) with the guards the decision needs,
+    or None with ``rec.reason`` set. 'auto' and a policy grid fix every size; an explicit rule
+    fixes only the extra-token counts' hints for the decision (the op reads sizes at run time)."""
+    if lay.policy_grid is not None:
+        seg = lay.segments[lay.grid_index][0]
+        n = dim_size(seg)
+        if guard_equal(n, env, ctx.dynamic_sources) is None:
+            rec.reason = _dynamic_reason(n, env, ctx, "Policy(layout=...) gives a fixed grid")
+            return None
+        exprs = tuple(sympy.Integer(s) for s in lay.policy_grid)
+    else:
+        exprs = lay.grid.sizes
+    fix_all = action == "auto" or lay.policy_grid is not None
+    grid, extras = [], []
+    for e in (*exprs, lay.prefix, lay.suffix):
+        v = guard_equal(e, env, ctx.dynamic_sources) if fix_all else hint(e, env)
         if v is None:
-            return False
-        if not bool(v >= w * d):  # bool() installs the guard
-            return False
-    return True
-
-
-def _check_spatial(rec, layout, tracer, env):
-    """Grid segments whose axes are not provably image/video dims become opaque tokens."""
-    out = []
-    for seg in layout:
-        problem = next((p for p in (axis_problem(tracer, a, env) for a in seg.axes) if p), None) \
-            if seg.grid else None
-        if problem:
-            rec.plan["not_spatial"] = problem
-            seg = Segment((Axis(seg.size, None),), False)
-        out.append(seg)
-    return tuple(out)
-
-
-def _resolve_grid(rec, layout, policy, env):
-    """Return a layout with exactly one grid segment (from the graph or the policy), or None."""
-    grids = [s for s in layout if s.grid]
-    if len(grids) > 1:
-        rec.reason = f"{len(grids)} separate token grids in one sequence"
-        return None
-    if grids:
-        return layout
-    if policy.layout is None:
-        why = rec.plan.get("not_spatial") or "no grid in the graph"
-        rec.reason = f"layout not provable ({why}); give Policy(layout=...)"
-        return None
-    matches = []
-    for i, seg in enumerate(layout):
-        n = hint(seg.size, env)
-        try:
-            shape = policy.grid_for(n) if n is not None else None
-        except ValueError as e:
-            rec.reason = f"Policy(layout=...) returned a bad shape for {n} tokens: {e}"
+            if fix_all:
+                rec.reason = _dynamic_reason(e, env, ctx, "'auto' picks the window for a fixed grid")
+            else:
+                rec.reason = f"symbolic size {e} has no example value"
             return None
-        if shape is not None:
-            matches.append((i, shape))
-    if len(matches) != 1:
-        sizes = [hint(s.size, env) for s in layout]
-        rec.reason = (f"layout not provable; Policy(layout=...) matches {len(matches)} of the token "
-                      f"segments {sizes} (needs exactly one)")
-        return None
-    i, shape = matches[0]
-    if not layout[i].size.is_Integer:  # the policy's grid is fixed: so must this size be
-        if _specialize(layout[i:i + 1]) is None:
-            rec.reason = "symbolic token count with no source dim to read it from"
-            return None
-    grid = Segment(tuple(Axis(sympy.Integer(n), None) for n in shape), True)
-    rec.layout += f" -> policy grid {tuple(shape)}"
-    return layout[:i] + (grid,) + layout[i + 1:]
+        (grid if len(grid) < len(exprs) else extras).append(v)
+    if fix_all:
+        exprs = tuple(sympy.Integer(g) for g in grid)
+    return tuple(grid), exprs, extras[0], extras[1]
+
+
+def _dynamic_reason(expr, env, ctx, why) -> str:
+    srcs = marked_dynamic(expr, env, ctx.dynamic_sources)
+    if srcs:
+        return (f"gna: {why}, but size {expr} depends on {', '.join(srcs)}, marked dynamic "
+                f"(torch._dynamo.mark_dynamic): mark only the batch dim dynamic, or give a "
+                f"GNA(window=...) rule for this call")
+    return f"gna: size {expr} has no example value to fix"

@@ -1,16 +1,16 @@
 """Choose a GNA config for one call on a known grid: a policy rule, or the simulator ("auto").
 
-Explicit ``GNA(...)`` rules are always applied (validated against the grid); ``"auto"``
-picks windows for the policy's sparsity and strides/tiles with ``gna_compile.sim.search``,
-preferring perfectly block-sparse configs, and keeps the call dense unless the predicted
-speedup reaches ``min_speedup``.
+Explicit ``GNA(...)`` rules are applied as written (validated against the grid); ``"auto"``
+picks windows for the policy's sparsity and strides/tiles with the simulator, preferring
+perfectly block-sparse configs, and keeps the call dense unless the predicted speedup reaches
+``min_speedup``. Tiles always come from :mod:`gna_compile.kernels.tile_choice`, the module the
+kernels ask too: the tiling recorded here is the tiling that runs.
 """
 
 from __future__ import annotations
 
-import functools
-
 from ..config import GNA
+from ..kernels.tile_choice import choose_tiles, search_configs
 from .record import CallRecord
 
 __all__ = ["decide"]
@@ -18,22 +18,14 @@ __all__ = ["decide"]
 
 def _fill(rec: CallRecord, res) -> None:
     rec.window, rec.stride, rec.dilation, rec.causal = res.window, res.stride, res.dilation, res.causal
-    rec.q_tile, rec.kv_tile = res.q_tile, res.kv_tile
+    rec.q_tile, rec.kv_tile = tuple(res.q_tile), tuple(res.kv_tile)
     rec.speedup = res.tile_speedup_with_extras
     rec.flop_speedup = res.flop_speedup_with_extras
     rec.block_sparse = res.perfectly_block_sparse
 
 
-@functools.lru_cache(maxsize=256)
-def _search(grid, **kw):
-    """``sim.search`` memoized: a DiT asks the same question for each of its ~60 blocks."""
-    from .. import sim
-    return tuple(sim.search(grid, **kw))
-
-
-def decide(rec: CallRecord, policy, grid: tuple, prefix: int, suffix: int) -> None:
+def decide(rec: CallRecord, action, source: str, policy, grid: tuple, prefix: int, suffix: int) -> None:
     """Set ``rec.decision`` and the config fields for a call whose grid is known."""
-    action, source = policy.action_for(rec.module)
     if action == "dense":
         rec.reason = f"{source} says dense"
         return
@@ -45,19 +37,19 @@ def decide(rec: CallRecord, policy, grid: tuple, prefix: int, suffix: int) -> No
             return
         rec.window, rec.stride, rec.dilation, rec.causal = spec.window, spec.stride, spec.dilation, spec.causal
         try:
-            best = _search(grid, window=spec.window, strides=(spec.stride,), dilation=spec.dilation,
-                           causal=spec.causal, extra_prefix=prefix, extra_suffix=suffix, top=1)
-            _fill(rec, best[0])
+            q_tile, kv_tile = choose_tiles(spec, prefix, suffix)
         except ValueError:
-            pass  # the simulator has no tile for it: still rewrite, no prediction
+            pass  # no kernel tile fits this grid: the reference backend runs it, no prediction
+        else:
+            from ..sim import simulate
+            _fill(rec, simulate(grid, spec.window, spec.stride, spec.dilation, spec.causal,
+                                q_tile, kv_tile, prefix, suffix))
         rec.decision = "gna"
         rec.reason = f"{source}: {action}"
         return
-    # "auto"
-    try:
-        kw = dict(sparsity=policy.sparsity, extra_prefix=prefix, extra_suffix=suffix, top=1)
-        best = _search(grid, **kw)
-        block = _search(grid, require_block_sparse=True, **kw)
+    try:  # "auto"
+        best = search_configs(grid, policy.sparsity, prefix, suffix)
+        block = search_configs(grid, policy.sparsity, prefix, suffix, require_block_sparse=True)
     except ValueError as e:
         rec.reason = f"auto: simulator found no config for grid {grid}: {e}"
         return

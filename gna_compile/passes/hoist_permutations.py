@@ -1,39 +1,63 @@
-"""Permutation hoisting: permute tokens once where they enter a token-wise region, not per call.
+"""Permutation hoisting: tokens stay in tiled order between GNA calls instead of being permuted
+around every call.
 
 After the rewrite every GNA call permutes q, k, v into tiled order and o back (4 copies per
-call). Between two attentions of a DiT every op treats tokens independently, so the tiled order
-can be kept for the whole region: this pass grows a region from the GNA calls through ops that
-are token-wise (rules in :mod:`token_dim`), puts ``gna_compile::permute_tokens`` on each tensor
-that enters it carrying tokens (patch embedding output, RoPE tables, per-token side inputs:
-once each, however many blocks use them) and ``unpermute_tokens`` where tokens leave (before
-unpatchify, a token-mixing op, the graph output), and turns the GNA calls into
-``gna_attention_tiled``. Extra (text) tokens stay in natural order inside the same tensors.
+call). Between two attentions of a DiT every op treats tokens independently, so the tiled
+order can be kept for the whole region. This pass decides, for every tensor of the ATen
+graph, whether it is computed in tiled order (a :class:`Place`: which dim holds the token
+sequence, the extra tokens around the grid, and what is merged in front of it), using only
+the op table of :mod:`op_rules`: an op joins the region when its rule maps the token dim of
+its inputs to one output dim and it is equivariant there; everything else reads natural
+order. Then ``permute_tokens`` is put on every edge that enters the region and
+``unpermute_tokens`` on every edge that leaves it (graph outputs included), and the GNA
+calls become ``gna_attention_tiled``.
 
-Conservative by construction: static shapes, layout tiles that need no padding, no in-place op
-touching the region, one tile per region; otherwise nothing changes and the reason is returned.
+Sound by construction: an op without a rule, an op that mixes along the token dim, a write
+into a token range, a dense attention whose keys are masked: all read natural order. Only
+whole tiles (no padding) are hoisted, so no tensor changes shape.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
 
+import sympy
 import torch
 from torch.fx import GraphModule, Node
 
-from .ops import is_gna_op, op_name
-from .symbolic import example_value
-from .token_dim import EXTRAS, NEUTRAL, SPLITS, TokenDim, backward, forward, is_mutation, sizes
+from .op_rules import rule
+from .ops import GETITEM, args_of, op_key
+from .rewrite import GNA_OP, set_val
+from .sites import SITE_OP
+from .symbolic import divides, hint, same, shape_of, static_int, val
 
-__all__ = ["hoist_permutations", "HoistResult"]
+__all__ = ["hoist_permutations", "HoistResult", "Place"]
 
 _OPS = torch.ops.gna_compile
-# Consumers that read only metadata (sizes, dtype) of a region tensor: no reorder needed.
-# ``key_mask_2d`` (from the rewrite) reads the batch size of q.
-_META_OPS = {"size", "dim", "numel", "getattr", "stride", "key_mask_2d"}
-_GNA_KW = ("q", "k", "v", "shape", "window", "stride", "dilation", "causal", "extra_prefix",
-           "extra_suffix", "scale", "key_mask", "key_mask_spatial", "backend")
+TILED_OP = _OPS.gna_attention_tiled.default
+
+
+@dataclass(frozen=True)
+class Place:
+    """Tokens in tiled order: the sequence ``[pre extras][grid][suf extras]`` (``length``
+    tokens) is the innermost factor of ``dim``; ``outer`` is what is merged in front of it."""
+
+    dim: int
+    pre: int
+    suf: int
+    length: int
+    outer: object = 1
+
+
+class _Extras:
+    """An output that holds extra tokens only (natural order in both layouts)."""
+
+    def __repr__(self):
+        return "EXTRAS"
+
+
+EXTRAS = _Extras()
 
 
 @dataclass
@@ -50,245 +74,501 @@ class HoistResult:
         return s + "".join(f"\n  not hoisted: {n}: {r}" for n, r in self.skipped)
 
 
-def _gna_args(node: Node) -> dict:
-    return dict(zip(_GNA_KW, node.args)) | dict(node.kwargs)
+# -- the token dim through one op, forwards and backwards --------------------------------------
+
+def _outer(size, length):
+    n = _int(size)
+    if n is not None:
+        return n // length if n % length == 0 else None
+    return divides(length, size)
 
 
-def _layout_tile(node: Node):
-    meta = node.meta.get("gna") or {}
-    a = _gna_args(node)
-    shape = a["shape"]
-    tile = meta.get("q_tile")
-    if not all(isinstance(n, int) for n in shape):
-        return None, "dynamic grid size"
-    if tile is None:
-        return None, "no tile chosen for this call"
-    if any(n % t for n, t in zip(shape, tile)):
-        return None, f"tile {tuple(tile)} pads grid {tuple(shape)} (hoisting needs whole tiles)"
-    return (tuple(shape), tuple(tile)), None
+def _place_at(dim, size, p: Place):
+    o = _outer(size, p.length)
+    return None if o is None else Place(dim, p.pre, p.suf, p.length, o)
 
 
-class _Region:
-    """Grows the set of nodes that can compute on tiled tokens, starting from GNA calls."""
-
-    def __init__(self, seeds: list[Node]):
-        self.td: dict[Node, object] = {}
-        self.entries: dict[tuple[Node, Node], TokenDim] = {}   # (producer, consumer) -> td
-        self.exits: set[tuple[Node, Node]] = set()              # (region node, consumer)
-        self.error = None
-        queue = deque()
-        for n in seeds:
-            a = _gna_args(n)
-            self.td[n] = TokenDim(2, a["extra_prefix"], a["extra_suffix"])
-            queue.append(n)
-        while queue and self.error is None:
-            self._visit(queue.popleft(), queue)
-
-    def _assign(self, node, td, queue):
-        if node in self.td:
-            if self.td[node] != td:
-                self.error = f"conflicting token layouts at {node.name}"
-            return
-        self.td[node] = td
-        queue.append(node)
-
-    def _inputs(self, node):
-        """(input node, what it must carry) for the tensor inputs of a region node."""
-        td = self.td[node]
-        if is_gna_op(node):
-            a = _gna_args(node)
-            return [(a[x], td) for x in ("q", "k", "v")]
-        if isinstance(td, tuple) or op_name(node) in SPLITS:
-            return [(node.args[0], None)]  # reached forward from its input only
-        return [(a, backward(node, td, a)) for a in node.all_input_nodes]
-
-    def _visit(self, node, queue):
-        td = self.td[node]
-        if not isinstance(td, tuple):
-            for a, want in self._inputs(node):
-                if want is None or want is NEUTRAL or want is EXTRAS:
-                    continue
-                if a.op == "call_function" or a.op == "call_method":
-                    if not is_mutation(a) and not any(is_mutation(u) for u in a.users) and \
-                            _producer_ok(a, want):
-                        self._assign(a, want, queue)
-                        continue
-                self.entries.setdefault((a, node), want)
-        for u in node.users:
-            if u.op == "output" or u in self.td or op_name(u) in _META_OPS:
-                continue
-            if is_mutation(u):
-                self.error = f"in-place op {u.name} touches the region"
-                return
-            if isinstance(td, tuple):  # users of a split: getitem(tuple, i)
-                piece = td[u.args[1]] if op_name(u) == "getitem" and isinstance(u.args[1], int) else None
-            elif is_gna_op(u):
-                piece = None
-            else:
-                try:
-                    piece = forward(u, node, td)
-                except Exception:  # arguments the rules do not understand: a boundary
-                    piece = None
-            if isinstance(piece, (TokenDim, tuple)):
-                self._assign(u, piece, queue)
-            elif piece is not EXTRAS:
-                self.exits.add((node, u))
-
-
-def _producer_ok(node: Node, td: TokenDim) -> bool:
-    """Can ``node`` itself compute in tiled order (is it token-wise with this output layout)?"""
-    try:
-        return all(backward(node, td, a) is not None for a in node.all_input_nodes) and \
-            any(isinstance(backward(node, td, a), TokenDim) for a in node.all_input_nodes)
-    except Exception:
-        return False
-
-
-def _check(region: _Region):
-    """Every region node's inputs agree with its layout; returns an error or None."""
-    if region.error:
-        return region.error
-    for node, td in region.td.items():
-        if isinstance(td, tuple) or is_gna_op(node) or op_name(node) in SPLITS:
-            continue
-        if op_name(node) == "getitem" and not isinstance(example_value(node.args[0]), torch.Tensor):
-            continue
-        for a in node.all_input_nodes:
-            want = backward(node, td, a)
-            if want is None:
-                return f"{node.name}: cannot tell how input {a.name} is laid out"
-            if a in region.td:
-                if want != region.td[a] and not (want is NEUTRAL and op_name(node) == "sdpa"):
-                    return f"{node.name}: input {a.name} has another token layout"
-                if want is NEUTRAL:
-                    region.exits.add((a, node))
-            elif isinstance(want, TokenDim):
-                region.entries.setdefault((a, node), want)
-    for (a, node) in list(region.entries):
-        if a in region.td:
-            del region.entries[(a, node)]
-    region.exits = {(n, u) for n, u in region.exits if u not in region.td}
-    _shrink(region)
-    for a, _ in region.entries:  # a copy taken at an entry must not miss a later in-place write
-        if any(is_mutation(u) for u in a.users):
-            return f"{a.name} is modified in place after it enters the region"
+def _reshape_fwd(ins, outs, p: Place):
+    """Where the token factor of a reshape input lands in the output (innermost in one dim)."""
+    after = math.prod(ins[p.dim + 1:]) if p.dim + 1 < len(ins) else 1
+    after = sympy.expand(sympy.sympify(after))
+    acc = sympy.Integer(1)
+    for j in reversed(range(len(outs))):
+        if same(acc, after):
+            o = _outer(outs[j], p.length)
+            return None if o is None else Place(j, p.pre, p.suf, p.length, o)
+        acc = sympy.expand(acc * outs[j])
     return None
 
 
-def _numel(node) -> int:
-    return math.prod(sizes(node) or (0,))
+def _reshape_inv(ins, outs, p: Place):
+    return _reshape_fwd(outs, ins, p)
 
 
-def _shrink(region: _Region) -> None:
-    """Leave out region nodes fed only by entries when that saves permutes: e.g. a RoPE table
-    concatenated from three per-axis pieces is permuted once after the cat, not three times."""
-    changed = True
-    while changed:
-        changed = False
-        for node, td in list(region.td.items()):
-            if isinstance(td, tuple) or is_gna_op(node) or op_name(node) in SPLITS:
-                continue
-            fed = [a for (a, n) in region.entries if n is node]
-            if not fed or any(a in region.td for a in node.all_input_nodes):
-                continue
-            users = [u for u in node.users if u in region.td]
-            if len(fed) == 1 and not (len(users) == 1 and _numel(node) <= _numel(fed[0])):
-                continue  # moving one entry down one op only pays when it lets entries merge
-            if any((node, u) in region.exits for u in node.users):
-                continue
-            new_entries = {(node, u): backward(u, region.td[u], node) for u in users}
-            if not all(isinstance(t, TokenDim) for t in new_entries.values()):
-                continue  # a user that does not see the token dim here: keep the node
-            del region.td[node]
-            for a in fed:
-                del region.entries[(a, node)]
-            region.entries.update(new_entries)
-            changed = True
+def _slice_bounds(src, n):
+    s, e = _int(src.start) if src.start is not None else None, _int(src.stop) if src.stop is not None else None
+    return None if s is None or e is None else (s, e)
 
 
-def _emit_permute(graph, x: Node, td: TokenDim, key, inverse: bool) -> Node:
-    shape, tile = key
-    rank = len(sizes(x))
-    op = _OPS.unpermute_tokens.default if inverse else _OPS.permute_tokens.default
-    if rank == 1:  # the op wants tokens at dim -2
-        y = graph.call_function(torch.unsqueeze, (x, -1))
-        y = graph.call_function(op, (y, list(shape), list(tile), td.pre, td.suf))
-        return graph.call_function(torch.squeeze, (y, -1))
-    moved = td.dim != rank - 2
-    y = graph.call_function(torch.movedim, (x, td.dim, -2)) if moved else x
-    y = graph.call_function(op, (y, list(shape), list(tile), td.pre, td.suf))
-    return graph.call_function(torch.movedim, (y, -2, td.dim)) if moved else y
+_ENV = [None]  # the graph's ShapeEnv while the pass runs
 
 
-def _rewrite(gm: GraphModule, region: _Region, key) -> int:
-    """Insert the boundary permutes, switch the calls to the tiled op; returns permutes made."""
-    graph = gm.graph
-    made = {}
-    for (a, node), td in region.entries.items():
-        k = ("P", a, td)
-        if k not in made:
-            with graph.inserting_before(a.next):
-                made[k] = _emit_permute(graph, a, td, key, inverse=False)
-        node.replace_input_with(a, made[k])
-    for (n, u) in region.exits:
-        k = ("U", n)
-        if k not in made:
-            with graph.inserting_before(n.next):
-                made[k] = _emit_permute(graph, n, region.td[n], key, inverse=True)
-        u.replace_input_with(n, made[k])
-    for n in list(region.td):
-        if n.op != "call_function" or not is_gna_op(n):
+def _int(e):
+    return static_int(e, _ENV[0])
+
+
+def _fwd(node, y, py: Place):
+    """Output place(s) of ``node`` when input ``y`` carries ``py``; None: no single output dim
+    carries y's tokens (the op mixes or drops them: node reads y in natural order)."""
+    r = rule(node)
+    if r is None:
+        return None
+    places = []
+    for out_i, srcs in enumerate(r):
+        oshape = shape_of(node, out_i if len(r) > 1 else None)
+        found = []
+        for j, s in enumerate(srcs):
+            if s.kind == "same" and (y, py.dim) in s.inputs:
+                if not s.equivariant:
+                    return None
+                found.append(_place_at(j, oshape[j], py))
+            elif s.kind == "reshape" and s.inputs[0][0] is y:
+                found.append(_reshape_fwd(shape_of(y), oshape, py))
+                break
+            elif s.kind == "cat" and (y, py.dim) in s.inputs:
+                if not same(py.outer, 1):
+                    return None
+                sizes = [_int(shape_of(x)[d]) for x, d in s.inputs]
+                total = _int(oshape[j])
+                if total is None or None in sizes:
+                    return None
+                off = sum(sizes[:[x for x, _ in s.inputs].index(y)])
+                found.append(Place(j, off + py.pre, total - off - py.length + py.suf, total, 1))
+            elif s.kind == "slice" and s.inputs[0] == (y, py.dim):
+                b = _slice_bounds(s, py.length)
+                if b is None or not same(py.outer, 1):
+                    return None
+                start, stop = b
+                g0, g1 = py.pre, py.length - py.suf
+                if stop <= g0 or start >= g1:
+                    found.append(EXTRAS)
+                elif start <= g0 and stop >= g1:
+                    found.append(Place(j, g0 - start, stop - g1, stop - start, 1))
+                else:
+                    return None
+        found = [f for f in found if f is not None] if all(f is not None for f in found) else None
+        if found is None or len(found) > 1:
+            return None
+        places.append(found[0] if found else None)
+    if all(p is None for p in places):
+        return None
+    return places[0] if len(places) == 1 else tuple(places)
+
+
+def _inv(node, place):
+    """What each input must carry when ``node`` computes ``place``: {input: Place}; inputs
+    not listed must be in natural order. None if no input assignment gives that place."""
+    r = rule(node)
+    if r is None:
+        return None
+    places = place if isinstance(place, tuple) else (place,)
+    if len(places) != len(r):
+        return None
+    need: dict = {}
+
+    def want(x, p):
+        if x in need and need[x] != p:
+            return False
+        need[x] = p
+        return True
+
+    for out_i, (srcs, p) in enumerate(zip(r, places)):
+        if p is None or p is EXTRAS:
             continue
-        a = _gna_args(n)
-        with graph.inserting_before(n):
-            new = graph.call_function(_OPS.gna_attention_tiled.default, tuple(
-                a[x] for x in _GNA_KW[:-1]) + (list(key[1]), a["backend"]))
-        new.meta.update(n.meta)
-        n.replace_all_uses_with(new)
-        graph.erase_node(n)
-    for node in graph.nodes:  # graph outputs leave the region too
-        if node.op == "output":
-            for a in list(node.all_input_nodes):
-                if a in region.td and not isinstance(region.td[a], tuple):
-                    with graph.inserting_before(a.next):
-                        u = _emit_permute(graph, a, region.td[a], key, inverse=True)
-                    node.replace_input_with(a, u)
-                    made[("U", a, "out")] = u
-    return len(made)
+        s = srcs[p.dim]
+        if s.kind == "same":
+            if not s.equivariant:
+                return None
+            for x, d in s.inputs:
+                q = _place_at(d, shape_of(x)[d], p)
+                if q is None or not want(x, q):
+                    return None
+        elif s.kind == "reshape":
+            x = s.inputs[0][0]
+            q = _reshape_inv(shape_of(x), shape_of(node, out_i if len(r) > 1 else None), p)
+            if q is None or not want(x, q):
+                return None
+        elif s.kind == "cat":
+            if not same(p.outer, 1):
+                return None
+            off, hit = 0, False
+            for x, d in s.inputs:
+                n = _int(shape_of(x)[d])
+                if n is None:
+                    return None
+                g0, g1 = p.pre, p.length - p.suf
+                if off <= g0 and off + n >= g1:
+                    if not want(x, Place(d, g0 - off, off + n - g1, n, 1)):
+                        return None
+                    hit = True
+                elif not (off + n <= g0 or off >= g1):
+                    return None  # the grid spans two pieces
+                off += n
+            if not hit:
+                return None
+        elif s.kind == "slice":
+            (x, d), = s.inputs
+            b = _slice_bounds(s, p.length)
+            if b is None or not same(p.outer, 1):
+                return None
+            n = _int(shape_of(x)[d])
+            if n is None or not want(x, Place(d, p.pre + b[0], p.suf + n - b[1], n, 1)):
+                return None
+        else:
+            return None
+    return need
 
 
-def hoist_permutations(gm: GraphModule) -> HoistResult:
-    """Run the pass in place on a Dynamo graph that holds ``gna_attention`` calls."""
+# -- region growth ---------------------------------------------------------------------------
+
+class _Region:
+    def __init__(self, gm: GraphModule, seeds: list[Node], tiles, tiled_other):
+        self.gm, self.seeds, self.tiles = gm, set(seeds), tiles
+        self.place: dict = {}
+        self.order = list(gm.graph.nodes)
+        self.pos = {n: i for i, n in enumerate(self.order)}
+        self.other = tiled_other  # GNA calls of other regions: their inputs stay natural
+        for s in seeds:
+            a = args_of(s)
+            n = a["extra_prefix"] + math.prod(a["shape"]) + a["extra_suffix"]
+            self.place[s] = Place(2, int(a["extra_prefix"]), int(a["extra_suffix"]), n, 1)
+
+    def requires(self, node, place) -> dict | None:
+        """{input: Place} that ``node`` at ``place`` reads in tiled order (others: natural)."""
+        if node in self.seeds:
+            a = args_of(node)
+            return {a[x]: place for x in ("q", "k", "v")}
+        if op_key(node) == GETITEM:  # follows its multi-output base
+            base = node.args[0]
+            return {base: self.place[base]} if base in self.place else {}
+        if place is EXTRAS:  # extra tokens sliced from a tiled input sit where they always do
+            return {y: self.place[y] for y in node.all_input_nodes if isinstance(self.place.get(y), Place)}
+        if node.target is SITE_OP:
+            return self._site_requires(node, place)
+        return _inv(node, place)
+
+    def _site_requires(self, node, place):
+        """Dense attention: q's tokens map to the output's; k and v may stay tiled together
+        (softmax ignores a joint key order) unless a mask depends on the key order."""
+        a = args_of(node)
+        mask = a["attn_mask"]
+        if mask is not None and not same(shape_of(mask)[-2] if len(shape_of(mask)) >= 2 else 1, 1):
+            return None  # a per-query mask reads query positions in natural order
+        need = _inv(node, place)
+        if need is None:
+            return None
+        keys_free = mask is None or same(shape_of(mask)[-1], 1)
+        pk, pv = self.place.get(a["k"]), self.place.get(a["v"])
+        if keys_free and isinstance(pk, Place) and pk == pv:
+            need[a["k"]] = pk
+            need[a["v"]] = pv
+        return need
+
+    def forward(self, node):
+        """The place of ``node`` from its tiled inputs, or None."""
+        if node.op != "call_function" or node in self.other:
+            return None
+        if op_key(node) == GETITEM:
+            base, i = node.args
+            bp = self.place.get(base)
+            return bp[i] if isinstance(bp, tuple) and bp[i] is not None else None
+        cands = set()
+        for y in node.all_input_nodes:
+            py = self.place.get(y)
+            if isinstance(py, Place):
+                got = _fwd(node, y, py)
+                if got is not None:
+                    cands.add(got)
+        if len(cands) != 1:
+            return None
+        place = next(iter(cands))
+        need = self.requires(node, place)
+        if need is None:
+            return None
+        for y, p in need.items():  # tiled inputs must carry what the node needs
+            if y in self.place and self.place[y] != p:
+                return None
+        if not self._users_accept(node, place):
+            return None
+        return place
+
+    def _users_accept(self, node, place) -> bool:
+        for u in node.users:
+            if u in self.place and op_key(u) != GETITEM:
+                need = self.requires(u, self.place[u]) or {}
+                if node in need and need[node] != place:
+                    return False
+        return True
+
+    def _demand(self, node):
+        """(the one place the region's users of ``node`` read it in, the users outside the
+        region that would only slice extra tokens from it), or (None, None)."""
+        demands, outside = set(), []
+        for u in node.users:
+            if op_key(u) == GETITEM:
+                return None, None
+            if u not in self.place:
+                outside.append(u)
+                continue
+            need = self.requires(u, self.place[u]) or {}
+            if node not in need:
+                return None, None
+            demands.add(need[node])
+        if len(demands) != 1:
+            return None, None
+        place = next(iter(demands))
+        for u in outside:  # e.g. o[:, :, n_video:]: the text tokens, in place in both orders
+            if not isinstance(place, Place) or _fwd(u, node, place) is not EXTRAS:
+                return None, None
+        return place, outside
+
+    def backward(self, node) -> dict | None:
+        """Pull a producer into the region when every user reads it tiled at one place
+        (a multi-output op together with its getitems); returns the new places."""
+        if node.op != "call_function" or node in self.other or op_key(node) in (None, GETITEM):
+            return None
+        if node.target in (GNA_OP, TILED_OP) or node.target is SITE_OP or not node.users:
+            return None
+        new = {}
+        if isinstance(val(node), (tuple, list)):  # multi-output: its getitems say per output
+            outs = [None] * len(val(node))
+            for g in node.users:
+                if op_key(g) != GETITEM:
+                    return None
+                p, extras = self._demand(g)
+                if not isinstance(p, Place) or outs[g.args[1]] not in (None, p):
+                    return None
+                outs[g.args[1]] = p
+                new[g] = p
+                new.update({u: EXTRAS for u in extras})
+            place = tuple(outs)
+        else:
+            place, extras = self._demand(node)
+            if not isinstance(place, Place):
+                return None
+            new.update({u: EXTRAS for u in extras})
+        need = self.requires(node, place)
+        if not need:
+            return None
+        for y, p in need.items():
+            if y in self.place and self.place[y] != p:
+                return None
+        new[node] = place
+        return new
+
+    def grow(self):
+        changed = True
+        while changed:
+            changed = False
+            for n in self.order:
+                if n not in self.place:
+                    p = self.forward(n)
+                    if p is not None:
+                        self.place[n] = p
+                        changed = True
+            for n in reversed(self.order):
+                if n not in self.place:
+                    got = self.backward(n)
+                    if got:
+                        self.place.update(got)
+                        changed = True
+        self._shrink()
+
+    def _shrink(self):
+        """Choose where tokens enter the region: a minimum vertex cut between the tensors
+        from outside and the GNA calls' side of the region, each tensor costing its size
+        plus a launch. Region nodes upstream of the cut (a RoPE table's per-axis pieces, the
+        position ids they come from) go back to natural order; the cut tensors are permuted."""
+        down, stack = set(), list(self.seeds)
+        while stack:  # region nodes downstream of a GNA call
+            n = stack.pop()
+            if n in down:
+                continue
+            down.add(n)
+            stack.extend(u for u in n.users if u in self.place)
+        up = [n for n in self.place if n not in down]
+        if not up:
+            return
+        INF = float("inf")
+        cap: dict = {}
+
+        def edge(a, b, c):
+            cap.setdefault(a, {})
+            cap.setdefault(b, {})
+            cap[a][b] = cap[a].get(b, 0) + c
+            cap[b].setdefault(a, 0)
+
+        def cost(v):
+            return INF if isinstance(val(v), (tuple, list)) else _numel(v) + (1 << 20)
+
+        ext = set()
+        for u in (*up, *down):
+            for y in (self.requires(u, self.place[u]) or {}):
+                dst = ("in", u) if u in up else "T"
+                if y in self.place and y in up:
+                    edge(("out", y), dst, INF)
+                elif y not in self.place:
+                    ext.add(y)
+                    edge(("out", y), dst, INF)
+        for v in (*up, *ext):
+            edge(("in", v), ("out", v), cost(v))
+        for x in ext:
+            edge("S", ("in", x), INF)
+        reach = _max_flow_source_side(cap, "S", "T")
+        for v in up:
+            if ("out", v) in reach or ("in", v) in reach:  # upstream of the cut, or cut: natural
+                del self.place[v]
+
+    def edges(self):
+        """(entries {(input, place): [users]}, exits {input: [users]}) or an error string."""
+        entries, exits = {}, {}
+        for u in self.order:
+            if u.op == "placeholder":
+                continue
+            pu = self.place.get(u)
+            need = self.requires(u, pu) if pu is not None else {}
+            if need is None:
+                return None, None, f"{u.name}: no consistent token layout"
+            for y in dict.fromkeys(u.all_input_nodes):
+                if not isinstance(val(y), torch.Tensor):
+                    continue
+                py = self.place.get(y)
+                py = py if isinstance(py, (Place, tuple)) else None
+                want = need.get(y)
+                if want == py:
+                    continue
+                if want is None:
+                    if not isinstance(py, Place):
+                        return None, None, f"{u.name} reads {y.name} (several outputs) in natural order"
+                    exits.setdefault(y, []).append(u)
+                elif py is None:
+                    entries.setdefault((y, want), []).append(u)
+                else:
+                    return None, None, f"{u.name} reads {y.name} in another tiled layout"
+        return entries, exits, None
+
+
+def _max_flow_source_side(cap: dict, s, t) -> set:
+    """Edmonds-Karp max flow on ``cap`` (modified in place); returns the vertices still
+    reachable from ``s`` in the residual graph (the source side of a minimum cut)."""
+    from collections import deque
+    while True:
+        parent, q = {s: None}, deque([s])
+        while q and t not in parent:
+            a = q.popleft()
+            for b, c in cap.get(a, {}).items():
+                if c > 0 and b not in parent:
+                    parent[b] = a
+                    q.append(b)
+        if t not in parent:
+            return set(parent)
+        path, b = [], t
+        while parent[b] is not None:
+            path.append((parent[b], b))
+            b = parent[b]
+        f = min(cap[a][b] for a, b in path)
+        if f == float("inf"):  # only infinite edges: nothing to cut (cannot happen with costs)
+            return set(parent)
+        for a, b in path:
+            cap[a][b] -= f
+            cap[b][a] += f
+
+
+def _numel(node) -> int:
+    s = shape_of(node)
+    n = 1
+    for x in s or ():
+        h = hint(x)
+        n *= h if h is not None else 1
+    return n
+
+
+def _emit(graph, x, place: Place, shape, tile, inverse: bool, fake_mode):
+    op = _OPS.unpermute_tokens.default if inverse else _OPS.permute_tokens.default
+    node = graph.call_function(op, (x, list(shape), list(tile), place.pre, place.suf, place.dim))
+    set_val(node, fake_mode)
+    return node
+
+
+def _group_key(node):
+    a = args_of(node)
+    shape, q_tile, kv_tile = a["shape"], a["q_tile"], a["kv_tile"]
+    if not q_tile:
+        return None, "no kernel tile chosen for this call"
+    if not all(isinstance(n, int) for n in shape) or not all(
+            isinstance(a[k], int) for k in ("extra_prefix", "extra_suffix")):
+        return None, "dynamic grid or extra-token count"
+    if any(n % t for n, t in zip(shape, q_tile)):
+        return None, f"tile {tuple(q_tile)} pads grid {tuple(shape)} (hoisting needs whole tiles)"
+    return (tuple(shape), tuple(q_tile)), None
+
+
+def hoist_permutations(gm: GraphModule, records=(), fake_mode=None) -> HoistResult:
+    """Run the pass in place on an ATen graph holding ``gna_attention`` calls."""
+    from .symbolic import find_shape_env
+    _ENV[0] = find_shape_env(gm.graph)
     res = HoistResult()
     groups: dict = {}
+    names = {r.site: r for r in records}
     for node in gm.graph.nodes:
-        if is_gna_op(node):
-            key, why = _layout_tile(node)
+        if node.op == "call_function" and node.target is GNA_OP:
+            key, why = _group_key(node)
+            label = (node.meta.get("gna") or {}).get("module", node.name)
             if key is None:
-                res.skipped.append((node.name, why))
+                res.skipped.append((label, why))
             else:
                 groups.setdefault(key, []).append(node)
-    claimed: set = set()
-    for key, seeds in groups.items():
-        region = _Region(seeds)
-        err = _check(region)
-        if err is None and claimed & set(region.td):
-            err = "region overlaps a region of another tile"
-        if err is None:  # compare elements moved: boundary tensors vs q, k, v, o of every call
-            moved = sum(_numel(a) for a in {a for a, _ in region.entries}) + \
-                sum(_numel(n) for n in {n for n, _ in region.exits})
+    all_gna = {n for ns in groups.values() for n in ns}
+    for (shape, tile), seeds in groups.items():
+        region = _Region(gm, seeds, tile, all_gna - set(seeds))
+        region.grow()
+        entries, exits, err = region.edges()
+        if err is None:
+            moved = sum(_numel(y) for y, _ in entries) + sum(_numel(y) for y in exits)
             per_call = sum(_numel(x) for s in seeds for x in (*s.args[:3], s))
             if moved >= per_call:
                 err = f"no gain: {moved} elements permuted at the boundaries vs {per_call} per call"
         if err is not None:
-            res.skipped += [(s.name, err) for s in seeds]
+            res.skipped += [((s.meta.get("gna") or {}).get("module", s.name), err) for s in seeds]
             continue
-        claimed |= set(region.td)
-        made = _rewrite(gm, region, key)
+        graph = gm.graph
+        made = 0
+        for (y, place), users in entries.items():
+            where = graph.inserting_after(y) if y.op != "placeholder" else \
+                graph.inserting_before(min(users, key=region.pos.get))
+            with where:
+                p = _emit(graph, y, place, shape, tile, False, fake_mode)
+            for u in users:
+                u.replace_input_with(y, p)
+            made += 1
+        for y, users in exits.items():
+            with graph.inserting_after(y):
+                p = _emit(graph, y, region.place[y], shape, tile, True, fake_mode)
+            for u in users:
+                u.replace_input_with(y, p)
+            made += 1
+        for s in seeds:
+            s.target = TILED_OP
+            rec = names.get((s.meta.get("gna") or {}).get("site"))
+            if rec is not None:
+                rec.hoisted = True
         res.regions += 1
         res.calls += len(seeds)
         res.permutes += made
         res.permutes_without += 4 * len(seeds)
+    for r in records:
+        if r.rewritten and r.hoisted is None:
+            r.hoisted = False
     if res.regions:
         gm.graph.lint()
         gm.recompile()

@@ -1,11 +1,12 @@
-"""Interpret an SDPA ``attn_mask`` as a key padding mask, and prove where it is all True.
+"""Boolean ``attn_mask``: is it a key padding mask, and is it provably True on the grid keys?
 
 A boolean mask that broadcasts over heads and queries (``[B, 1, 1, N]``, ``[1, N]``, ...)
-only removes keys, which the GNA op supports as ``key_mask``. Anything else (float bias,
-per-query masks) is left dense. ``keys_unmasked`` tries to prove from the graph that the mask
-is True on a range of key positions (the spatial grid), e.g. HunyuanVideo's
-``ones(B, N).masked_fill(arange(N) >= L + text_lengths, False)``: with ``L`` the grid size and
-text lengths ``>= 0`` no grid key is ever masked, so the kernel need only mask text tiles.
+only removes keys, which the GNA op supports as ``key_mask``. ``keys_unmasked`` proves from
+the functionalized graph that the mask is True on a range of key positions (the grid), e.g.
+HunyuanVideo's ``ones(B, N).masked_fill(arange(N) >= L + text_lengths, False)``: with ``L``
+the grid size and text lengths ``>= 0``, no grid key is masked, so the kernel only masks text
+tiles. Writes into the mask are ops here too (``slice_scatter``, ``index_put``): each is
+interpreted, or the proof fails. A failed proof costs speed only: the op masks every key.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import sympy
 import torch
 from torch.fx import Node
 
-from .layout import reshape_map
-from .ops import arg, norm_dim, op_name
-from .symbolic import example_value, same, shape_of, to_expr
+from .op_rules import norm_dim, slice_bound
+from .ops import args_of, op_key
+from .provenance import Provenance
+from .symbolic import same, shape_of, to_expr, val
 
 __all__ = ["key_mask_problem", "keys_unmasked"]
 
@@ -24,118 +26,195 @@ _INF = sympy.oo
 
 
 def key_mask_problem(mask, q_shape, k_shape) -> str | None:
-    """None if ``mask`` is a key padding mask for this call, else why it is not."""
-    val = example_value(mask) if isinstance(mask, Node) else mask
-    if not isinstance(val, torch.Tensor):
+    """None if ``mask`` (a bool graph tensor) is a key padding mask for this call, else why not."""
+    v = val(mask)
+    if not isinstance(v, torch.Tensor):
         return f"attn_mask of type {type(mask).__name__} is not a graph tensor"
-    if val.dtype != torch.bool:
-        return f"attn_mask is {val.dtype} (an additive bias), not a boolean key mask"
-    shape = [to_expr(s) for s in val.shape]
+    if v.dtype != torch.bool:
+        return f"attn_mask is {v.dtype} (an additive bias), not a boolean key mask"
+    shape = [to_expr(s) for s in v.shape]
     if not shape or not same(shape[-1], k_shape[2]):
-        return f"attn_mask {tuple(val.shape)} does not end in the key count"
-    lead = shape[:-1]
-    full = [sympy.Integer(1)] * (4 - len(shape)) + lead  # broadcast to [B, H, L]
+        return f"attn_mask {tuple(v.shape)} does not end in the key count"
+    full = [sympy.Integer(1)] * (4 - len(shape)) + shape[:-1]  # broadcast to [B, H, L]
+    if len(full) != 3:
+        return f"attn_mask {tuple(v.shape)} has more dims than [B, H, L, S]"
     if not (same(full[1], 1) and same(full[2], 1)):
-        return f"attn_mask {tuple(val.shape)} depends on the head or query (not a key padding mask)"
+        return f"attn_mask {tuple(v.shape)} depends on the head or query (not a key padding mask)"
     if not (same(full[0], 1) or same(full[0], q_shape[0])):
-        return f"attn_mask {tuple(val.shape)} batch does not match q"
+        return f"attn_mask {tuple(v.shape)} batch does not match q"
     return None
 
 
-def keys_unmasked(mask: Node, lo, hi) -> bool:
-    """True only if the graph proves ``mask[..., lo:hi]`` is True everywhere."""
-    shape = shape_of(mask)
-    return shape is not None and _all(mask, len(shape) - 1, lo, hi, True)
+class _Prover:
+    def __init__(self, prov: Provenance):
+        self.prov = prov
 
+    def dim_in(self, node, x, d):
+        """The dim of ``x`` that is dim ``d`` of ``node`` (same source axes), or None."""
+        want = self.prov.dim(node, d)
+        for j, have in enumerate(self.prov.dims(x) or ()):
+            if have == want:
+                return j
+        return None
 
-def _key_src(node, x, d):
-    """The dim of ``x`` that is key dim ``d`` of ``node`` (a reshape/unsqueeze/expand)."""
-    src = reshape_map(shape_of(x), shape_of(node), d)
-    return src[0] if src is not None and len(src) == 1 else None
+    def operand_dim(self, node, operand, d):
+        """The key dim of a broadcast operand (None when it is broadcast along keys)."""
+        if d is None or not isinstance(operand, Node) or shape_of(operand) is None:
+            return None
+        s, out = shape_of(operand), shape_of(node)
+        od = d - (len(out) - len(s))
+        if od < 0 or same(s[od], 1):
+            return None
+        return od
 
-
-def _all(node, d, lo, hi, value: bool) -> bool:
-    """Is ``node`` (bool) equal to ``value`` at key positions [lo, hi) of dim ``d``?
-    ``d`` None means: everywhere."""
-    if not isinstance(node, Node):
-        return isinstance(node, (bool, int)) and bool(node) == value
-    name, shape = op_name(node), shape_of(node)
-    if shape is None:
-        return False
-    x = node.args[0] if node.args else None
-    if name == "getitem" and _is_view_index(node.args[1]):
-        name = "view"
-    if name in ("ones", "new_ones", "ones_like"):
-        return value
-    if name in ("zeros", "new_zeros", "zeros_like"):
-        return not value
-    if name in ("full", "new_full", "full_like"):
-        fill = arg(node, 1 if name != "new_full" else 2, "fill_value")
-        return isinstance(fill, (bool, int, float)) and bool(fill) == value
-    if name in ("bool", "to", "contiguous", "clone"):
-        v = example_value(x)
-        return isinstance(v, torch.Tensor) and v.dtype == torch.bool and _all(x, d, lo, hi, value)
-    if name in ("unsqueeze", "view", "reshape", "expand", "squeeze", "flatten"):
-        if name == "view" and not isinstance(x, Node):
+    def all(self, node, d, lo, hi, value: bool) -> bool:
+        """Is ``node`` equal to ``value`` at positions [lo, hi) of dim ``d`` (None: everywhere)?"""
+        if not isinstance(node, Node):
+            return isinstance(node, (bool, int)) and bool(node) == value
+        key, shape = op_key(node), shape_of(node)
+        if shape is None or key is None or key == "getitem":
             return False
-        if d is None:
-            return _all(x, None, lo, hi, value)
-        src = _key_src(node, x, d) if name != "expand" else d - (len(shape) - len(shape_of(x)))
-        return src is not None and _all(x, src, lo, hi, value)
-    if name == "masked_fill":
-        fill = node.args[2] if len(node.args) > 2 else node.kwargs.get("value")
-        if not isinstance(fill, (bool, int, float)):
-            return False
-        if bool(fill) == value:  # filled entries already have the value
-            return _all(x, d, lo, hi, value)
-        cond = node.args[1]
-        return _all(x, d, lo, hi, value) and _all(cond, _bd(node, cond, d), lo, hi, False)
-    if name in ("and_", "logical_and", "__and__", "or_", "logical_or", "__or__"):
-        a, b = node.args[0], node.args[1]
-        both = name in ("and_", "logical_and", "__and__")
-        ra, rb = (_all(t, _bd(node, t, d), lo, hi, value) for t in (a, b))
-        return (ra and rb) if both == value else (ra or rb)
-    if name in ("ge", "gt", "le", "lt"):
-        a, b = node.args[0], node.args[1]
-        ba, bb = _bounds(a, _bd(node, a, d), lo, hi), _bounds(b, _bd(node, b, d), lo, hi)
-        if ba is None or bb is None:
-            return False
-        if name in ("lt", "le"):  # a < b  ==  b > a
-            (ba, bb), name = (bb, ba), {"lt": "gt", "le": "ge"}[name]
-        strict = name == "gt"
-        if value:  # a >= b for all: min(a) >= max(b)
-            return _true(ba[0] > bb[1]) if strict else _true(ba[0] >= bb[1])
-        return _true(ba[1] <= bb[0]) if strict else _true(ba[1] < bb[0])
-    if name == "cat":
-        tensors, cd = node.args[0], norm_dim(arg(node, 1, "dim", 0), len(shape))
-        if d is None or cd != d:
-            return all(_all(t, d, lo, hi, value) for t in tensors)
-        pos = sympy.Integer(0)
-        for t in tensors:
-            n = shape_of(t)[d]
-            a, b = sympy.Max(lo, pos) - pos, sympy.Min(hi, pos + n) - pos
-            if not _true(b <= a) and not _all(t, d, a, b, value):
+        a = args_of(node)
+        x = a.get("self", a.get("input"))
+        if key == "aten.full":
+            fill = a.get("fill_value")
+            return isinstance(fill, (bool, int, float)) and bool(fill) == value
+        if key in ("aten.scalar_tensor",):
+            s = a.get("s")
+            return isinstance(s, (bool, int, float)) and bool(s) == value
+        if key in ("aten._to_copy", "aten.clone", "aten.alias", "prims.convert_element_type"):
+            v = val(x)
+            return isinstance(v, torch.Tensor) and v.dtype == torch.bool and self.all(x, d, lo, hi, value)
+        if key in ("aten.view", "aten._unsafe_view", "aten.unsqueeze", "aten.squeeze", "aten.expand",
+                   "aten.permute"):
+            if d is None:
+                return self.all(x, None, lo, hi, value)
+            src = self.dim_in(node, x, d)
+            return src is not None and self.all(x, src, lo, hi, value)
+        if key == "aten.masked_fill":
+            fill = a.get("value")
+            if not isinstance(fill, (bool, int, float)):
                 return False
-            pos = pos + n
-        return True
-    return False
+            if bool(fill) == value:
+                return self.all(x, d, lo, hi, value)
+            cond = a["mask"]
+            return self.all(x, d, lo, hi, value) and self.all(cond, self.operand_dim(node, cond, d), lo, hi, False)
+        if key == "aten.where":
+            c, t, f = a["condition"], a["self"], a["other"]
+            # value everywhere on the range if both branches are, or the chosen one is
+            bt = self.all(t, self.operand_dim(node, t, d), lo, hi, value)
+            bf = self.all(f, self.operand_dim(node, f, d), lo, hi, value)
+            if bt and bf:
+                return True
+            cd = self.operand_dim(node, c, d)
+            return (bt and self.all(c, cd, lo, hi, True)) or (bf and self.all(c, cd, lo, hi, False))
+        if key in ("aten.logical_not", "aten.bitwise_not"):
+            return self.all(x, d, lo, hi, not value)
+        if key in ("aten.bitwise_and", "aten.logical_and", "aten.bitwise_or", "aten.logical_or"):
+            p, q = a["self"], a["other"]
+            both = key in ("aten.bitwise_and", "aten.logical_and")
+            rp = self.all(p, self.operand_dim(node, p, d), lo, hi, value)
+            rq = self.all(q, self.operand_dim(node, q, d), lo, hi, value)
+            return (rp and rq) if both == value else (rp or rq)
+        if key in ("aten.ge", "aten.gt", "aten.le", "aten.lt"):
+            p, q = a["self"], a["other"]
+            bp = self.bounds(p, self.operand_dim(node, p, d), lo, hi)
+            bq = self.bounds(q, self.operand_dim(node, q, d), lo, hi)
+            if bp is None or bq is None:
+                return False
+            if key in ("aten.lt", "aten.le"):  # p < q  ==  q > p
+                bp, bq = bq, bp
+                key = {"aten.lt": "aten.gt", "aten.le": "aten.ge"}[key]
+            strict = key == "aten.gt"
+            if value:  # p >= q for all: min(p) >= max(q)
+                return _true(bp[0] > bq[1]) if strict else _true(bp[0] >= bq[1])
+            return _true(bp[1] <= bq[0]) if strict else _true(bp[1] < bq[0])
+        if key == "aten.cat":
+            tensors = a["tensors"]
+            cd = norm_dim(int(a.get("dim", 0)), len(shape))
+            if d is None or cd != d:
+                return all(self.all(t, d, lo, hi, value) for t in tensors)
+            pos = sympy.Integer(0)
+            for t in tensors:
+                n = shape_of(t)[d]
+                s, e = sympy.Max(lo, pos) - pos, sympy.Min(hi, pos + n) - pos
+                if not _true(e <= s) and not self.all(t, d, s, e, value):
+                    return False
+                pos = pos + n
+            return True
+        if key == "aten.slice":
+            sd = norm_dim(int(a["dim"]), len(shape_of(x)))
+            start = slice_bound(a.get("start"), shape_of(x)[sd], sympy.Integer(0))
+            if int(a.get("step", 1)) != 1 or start is None:
+                return False
+            if d is None or sd != d:
+                return self.all(x, d, lo, hi, value)
+            return self.all(x, d, lo + start, hi + start, value)
+        if key == "aten.slice_scatter":
+            base, src = a["self"], a["src"]
+            sd = norm_dim(int(a.get("dim", 0)), len(shape))
+            n = shape[sd]
+            start = slice_bound(a.get("start"), n, sympy.Integer(0))
+            end = slice_bound(a.get("end"), n, n)
+            if int(a.get("step", 1)) != 1 or start is None or end is None:
+                return False
+            if d is None or sd != d:
+                return self.all(base, d, lo, hi, value) and self.all(src, d, lo, hi, value)
+            # positions in [start, end) come from src (shifted), the others from base
+            s, e = sympy.Max(lo, start), sympy.Min(hi, end)
+            pieces = [(src, s - start, e - start), (base, lo, sympy.Min(hi, start)),
+                      (base, sympy.Max(lo, end), hi)]
+            return all(_true(b <= a_) or self.all(t, d, a_, b, value) for t, a_, b in pieces)
+        return False  # index_put, scatter and every other op: not proven
 
-
-def _is_view_index(idx) -> bool:
-    """x[:, None, None, :]-style indexing: only full slices, None and Ellipsis (a reshape)."""
-    idx = idx if isinstance(idx, tuple) else (idx,)
-    return all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in idx)
-
-
-def _bd(node, operand, d):
-    """The key dim of a broadcast operand (None when it is broadcast along keys)."""
-    if d is None or not isinstance(operand, Node) or shape_of(operand) is None:
+    def bounds(self, node, d, lo, hi):
+        """(min, max) of an integer tensor or number over positions [lo, hi); None if unknown."""
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            e = sympy.sympify(node)
+            return (e, e)
+        if not isinstance(node, Node):
+            return None
+        v = val(node)
+        if isinstance(v, (int, torch.SymInt)):
+            e = to_expr(v)
+            return (e, e)
+        key, shape = op_key(node), shape_of(node)
+        if shape is None or key is None or key == "getitem":
+            return None
+        a = args_of(node)
+        x = a.get("self", a.get("input"))
+        if key in ("aten.arange", "prims.iota"):
+            start = a.get("start", 0)
+            if not isinstance(a.get("step", 1), int) or int(a.get("step", 1)) != 1:
+                return None
+            b = self.bounds(start, None, lo, hi)
+            if b is None or not same(b[0], b[1]):
+                return None
+            return (b[0] + lo, b[0] + hi - 1) if d is not None else (b[0], b[0] + shape[0] - 1)
+        if key in ("aten.view", "aten._unsafe_view", "aten.unsqueeze", "aten.squeeze", "aten.expand"):
+            if d is None:
+                return self.bounds(x, None, lo, hi)
+            src = self.dim_in(node, x, d)
+            return None if src is None else self.bounds(x, src, lo, hi)
+        if key in ("aten._to_copy", "aten.clone", "aten.alias", "prims.convert_element_type"):
+            v = val(x)
+            if isinstance(v, torch.Tensor) and v.dtype == torch.bool:
+                return (sympy.Integer(0), sympy.Integer(1))
+            return self.bounds(x, d, lo, hi)
+        if key in ("aten.add", "aten.sub"):
+            p, q = a["self"], a["other"]
+            bp = self.bounds(p, self.operand_dim(node, p, d), lo, hi)
+            bq = self.bounds(q, self.operand_dim(node, q, d), lo, hi)
+            if bp is None or bq is None or int(a.get("alpha", 1)) != 1:
+                return None
+            return (bp[0] + bq[0], bp[1] + bq[1]) if key == "aten.add" else (bp[0] - bq[1], bp[1] - bq[0])
+        if key == "aten.sum":  # a sum of non-negative values (e.g. a bool mask) is >= 0
+            xv = val(x)
+            if isinstance(xv, torch.Tensor) and xv.dtype == torch.bool:
+                return (sympy.Integer(0), _INF)
+            bx = self.bounds(x, None, lo, hi)
+            return (sympy.Integer(0), _INF) if bx is not None and _true(bx[0] >= 0) else None
         return None
-    s, out = shape_of(operand), shape_of(node)
-    od = d - (len(out) - len(s))
-    if od < 0 or same(s[od], 1):
-        return None
-    return od
 
 
 def _true(expr) -> bool:
@@ -143,46 +222,7 @@ def _true(expr) -> bool:
     return expr is True or expr is sympy.true
 
 
-def _bounds(node, d, lo, hi):
-    """(min, max) of an integer tensor or number over key positions [lo, hi); None if unknown."""
-    if isinstance(node, (int, float)) and not isinstance(node, bool):
-        return (sympy.sympify(node), sympy.sympify(node))
-    if not isinstance(node, Node):
-        return None
-    v = example_value(node)
-    if isinstance(v, (int, torch.SymInt)):
-        e = to_expr(v)
-        return (e, e)
-    name, shape = op_name(node), shape_of(node)
-    if shape is None:
-        return None
-    x = node.args[0] if node.args else None
-    if name == "arange":
-        args = [a for a in node.args]
-        start, end = (0, args[0]) if len(args) == 1 else (args[0], args[1]) if len(args) >= 2 else \
-            (node.kwargs.get("start", 0), node.kwargs.get("end"))
-        if arg(node, 2, "step", 1) != 1 or end is None:
-            return None
-        start = _bounds(start, None, lo, hi)
-        if start is None or not same(start[0], start[1]):
-            return None
-        s0 = start[0]
-        return (s0 + lo, s0 + hi - 1) if d is not None else (s0, s0 + shape[0] - 1)
-    if name in ("unsqueeze", "view", "reshape", "expand", "to", "int", "long", "float"):
-        if d is None or name in ("to", "int", "long", "float"):
-            return _bounds(x, d, lo, hi)
-        src = _key_src(node, x, d) if name != "expand" else d - (len(shape) - len(shape_of(x)))
-        return None if src is None else _bounds(x, src, lo, hi)
-    if name in ("add", "sub"):
-        a, b = node.args[0], node.args[1]
-        ba, bb = _bounds(a, _bd(node, a, d), lo, hi), _bounds(b, _bd(node, b, d), lo, hi)
-        if ba is None or bb is None:
-            return None
-        return (ba[0] + bb[0], ba[1] + bb[1]) if name == "add" else (ba[0] - bb[1], ba[1] - bb[0])
-    if name == "sum":  # a sum of non-negative values (e.g. a bool mask) is >= 0
-        xv = example_value(x)
-        if isinstance(xv, torch.Tensor) and xv.dtype == torch.bool:
-            return (sympy.Integer(0), _INF)
-        bx = _bounds(x, None, lo, hi)
-        return (sympy.Integer(0), _INF) if bx is not None and _true(bx[0] >= 0) else None
-    return None
+def keys_unmasked(prov: Provenance, mask: Node, lo, hi) -> bool:
+    """True only if the graph proves ``mask[..., lo:hi]`` is True everywhere."""
+    shape = shape_of(mask)
+    return shape is not None and _Prover(prov).all(mask, len(shape) - 1, lo, hi, True)

@@ -1,7 +1,9 @@
-"""Uniform view of FX call nodes: one op name and argument access for both spellings.
+"""Uniform access to the nodes of a functionalized ATen graph.
 
-Dynamo graphs mix ``call_function`` (``torch.cat``, ``operator.add``, ``torch._C._nn.linear``)
-and ``call_method`` (``x.view(...)``); the passes match on the plain name only.
+Every call node the analyses read is an ``OpOverload`` (``aten.view.default``, our custom
+ops) or ``operator.getitem`` on a multi-output op. Arguments are read through the op's own
+schema (:func:`args_of`), so a positional and a keyword spelling, and a defaulted argument,
+are the same thing: the passes never guess what position an argument is in.
 """
 
 from __future__ import annotations
@@ -11,47 +13,44 @@ import operator
 import torch
 from torch.fx import Node
 
-__all__ = ["op_name", "arg", "norm_dim", "is_sdpa", "is_gna_op", "GNA_OP"]
+__all__ = ["op_key", "args_of", "is_op", "tensor_inputs", "GETITEM"]
 
-GNA_OP = torch.ops.gna_compile.gna_attention.default
-
-_SDPA_TARGETS = {torch.nn.functional.scaled_dot_product_attention,
-                 torch._C._nn.scaled_dot_product_attention}
+GETITEM = "getitem"
 
 
-def op_name(node: Node) -> str | None:
-    """``'add'`` for ``operator.add``/``torch.add``/``x.add``; None for non-call nodes."""
-    if node.op == "call_method":
-        return node.target
+def op_key(node: Node) -> str | None:
+    """``"aten.view"``, ``"gna_compile.sdpa_site"``, ``"getitem"``; None for non-call nodes
+    and for Python callables that are not ops (those are unknown to every rule)."""
     if node.op != "call_function":
         return None
     t = node.target
-    if t in _SDPA_TARGETS:
-        return "sdpa"
-    if t is GNA_OP:
-        return "gna_attention"
-    if isinstance(t, torch._ops.OpOverload):
-        return t._opname  # aten.view.default -> "view"
-    name = getattr(t, "__name__", None)
     if t is operator.getitem:
-        return "getitem"
-    return name
+        return GETITEM
+    if isinstance(t, torch._ops.OpOverload):
+        return f"{t.namespace}.{t._opname}"
+    return None
 
 
-def is_sdpa(node: Node) -> bool:
-    return node.op == "call_function" and node.target in _SDPA_TARGETS
+def is_op(node, *keys: str) -> bool:
+    return isinstance(node, Node) and op_key(node) in keys
 
 
-def is_gna_op(node: Node) -> bool:
-    return node.op == "call_function" and node.target is GNA_OP
+def args_of(node: Node) -> dict:
+    """The call's arguments by schema name, defaults filled in."""
+    t = node.target
+    if not isinstance(t, torch._ops.OpOverload):
+        raise TypeError(f"{node.name} is not an op call")
+    out = {}
+    for i, a in enumerate(t._schema.arguments):
+        if i < len(node.args):
+            out[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            out[a.name] = node.kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    return out
 
 
-def arg(node: Node, i: int, name: str, default=None):
-    """Positional-or-keyword argument ``i``/``name`` of a call node."""
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
-def norm_dim(d: int, rank: int) -> int:
-    return d + rank if d < 0 else d
+def tensor_inputs(node: Node) -> list[Node]:
+    """Input nodes of a call (flattened through lists), in argument order, deduplicated."""
+    return list(node.all_input_nodes)

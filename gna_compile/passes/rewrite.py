@@ -1,9 +1,9 @@
-"""Replace an analyzed SDPA node with ``torch.ops.gna_compile.gna_attention.default``.
+"""Replace analyzed attention sites with ``gna_compile::gna_attention`` in the ATen graph.
 
-Grid sizes and extra-token counts that are symbolic (``dynamic=True``) are read at run time
-from the tensor dims they came from (``x.size(d)``), so one graph serves every size. The
-chosen config is left on the new node as ``node.meta["gna"]`` for later passes (permutation
-hoisting needs the grid, tiles and extra tokens).
+Grid sizes and extra-token counts that stay symbolic are computed at run time from the
+graph's own size symbols (placeholders, ``aten.sym_size``), so one graph serves every size.
+The decision (window, stride, tiles, key-mask proof) is written into the op's arguments, and
+kept on the node as ``meta["gna"]`` for permutation hoisting and the report.
 """
 
 from __future__ import annotations
@@ -12,90 +12,161 @@ import operator
 
 import sympy
 import torch
-from torch.fx import Graph, GraphModule
+from torch.fx import Graph
 
-from .ops import GNA_OP
 from .record import CallRecord
-from .symbolic import example_value
+from .symbolic import to_expr, val
 
-__all__ = ["rewrite", "key_mask_2d"]
+__all__ = ["rewrite", "rewrite_backward", "GNA_OP", "SymEmitter", "set_val"]
 
-
-def key_mask_2d(mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """A broadcastable boolean key mask ([B|1, 1, 1, N], [1, N], ...) as the op's [B, N]."""
-    return mask.reshape(-1, mask.shape[-1]).expand(q.shape[0], mask.shape[-1])
-
-
-class _Unsized(Exception):
-    pass
+GNA_OP = torch.ops.gna_compile.gna_attention.default
+GNA_BWD = torch.ops.gna_compile.gna_attention_backward.default
+SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
 
 
-def _emit_size(graph: Graph, size, origin):
-    """An int, or a graph node computing a symbolic size from the dim it was read from."""
-    size = sympy.sympify(size)
-    if size.is_Integer:
-        return int(size)
-    if origin is None:
-        raise _Unsized(f"symbolic size {size} has no source tensor dim")
-    node, dim = origin
-    out = graph.call_method("size", (node, dim))
-    out.meta["example_value"] = example_value(node).shape[dim]
-    return out
+def set_val(node, fake_mode) -> None:
+    """Record a new node's fake value (Inductor and later passes read ``meta["val"]``)."""
+    def v(a):
+        return val(a) if isinstance(a, torch.fx.Node) else a
+    args = torch.fx.node.map_aggregate(node.args, v)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, v)
+    with fake_mode:
+        node.meta["val"] = node.target(*args, **kwargs)
 
 
-def _emit_count(graph: Graph, segments):
-    """Total token count of opaque segments (an int, or a node summing run-time sizes)."""
-    total = 0
-    for seg in segments:
-        for ax in seg.axes:
-            n = _emit_size(graph, ax.size, ax.origin)
-            if isinstance(total, int) and isinstance(n, int):
-                total += n
-            elif isinstance(total, int) and total == 0:
-                total = n
-            else:
-                total = graph.call_function(operator.add, (total, n))
-    return total
+class SymEmitter:
+    """Emits graph nodes computing a sympy size expression from the graph's size symbols."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.sources: dict = {}
+        for n in graph.nodes:
+            if n.op != "placeholder":
+                continue
+            v = val(n)
+            if isinstance(v, torch.SymInt) and isinstance(to_expr(v), sympy.Symbol):
+                self.sources.setdefault(to_expr(v), n)
+        for n in graph.nodes:
+            v = val(n)
+            if n.op == "placeholder" and isinstance(v, torch.Tensor):
+                for d, s in enumerate(v.shape):
+                    e = to_expr(s)
+                    if isinstance(e, sympy.Symbol) and e not in self.sources:
+                        self.sources[e] = (n, d)
+
+    def emit(self, expr):
+        """An int, or a node computing ``expr`` (inserted at the current insertion point)."""
+        expr = sympy.sympify(expr)
+        if expr.is_Integer:
+            return int(expr)
+        if isinstance(expr, sympy.Symbol):
+            src = self.sources.get(expr)
+            if src is None:
+                raise ValueError(f"size symbol {expr} has no source in the graph")
+            if isinstance(src, tuple):
+                node, d = src
+                out = self.graph.call_function(torch.ops.aten.sym_size.int, (node, d))
+                out.meta["val"] = val(node).shape[d]
+                return out
+            return src
+        if isinstance(expr, sympy.Add):
+            return self._fold(operator.add, expr.args)
+        if isinstance(expr, sympy.Mul):
+            return self._fold(operator.mul, expr.args)
+        if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) > 0:
+            return self._fold(operator.mul, [expr.base] * int(expr.exp))
+        if type(expr).__name__ == "FloorDiv":
+            return self._fold(operator.floordiv, expr.args)
+        raise ValueError(f"size {expr} cannot be computed at run time")
+
+    def _fold(self, fn, parts):
+        acc = None
+        for p in parts:
+            x = self.emit(p)
+            if acc is None:
+                acc = x
+                continue
+            node = self.graph.call_function(fn, (acc, x))
+            a, b = (val(t) if isinstance(t, torch.fx.Node) else t for t in (acc, x))
+            node.meta["val"] = fn(a, b)
+            acc = node
+        return acc
 
 
-def rewrite(gm: GraphModule, records: list[CallRecord]) -> int:
+def rewrite(graph: Graph, records: list[CallRecord], fake_mode) -> int:
     """Rewrite every record with ``decision == "gna"``; returns how many were rewritten."""
-    graph, count = gm.graph, 0
+    emitter, count = SymEmitter(graph), 0
     for rec in records:
         if not rec.rewritten:
             continue
-        node, call, plan = rec.plan["node"], rec.plan["call"], rec.plan
+        node, plan = rec.plan["node"], rec.plan
+        q, k, v = node.args[:3]
         with graph.inserting_before(node):
             try:
-                shape = [_emit_size(graph, a.size, a.origin) for a in plan["axes"]]
-                prefix = _emit_count(graph, plan["pre"])
-                suffix = _emit_count(graph, plan["suf"])
-            except _Unsized as e:
+                shape = [emitter.emit(e) for e in plan["axes"]]
+                prefix, suffix = emitter.emit(plan["prefix"]), emitter.emit(plan["suffix"])
+            except ValueError as e:
                 rec.decision, rec.reason = "dense", str(e)
                 continue
-            mask = None
-            if call.attn_mask is not None:
-                mask = graph.call_function(key_mask_2d, (call.attn_mask, call.q))
-                try:
-                    mask.meta["example_value"] = key_mask_2d(example_value(call.attn_mask),
-                                                             example_value(call.q))
-                except Exception:  # meta is only informative here
-                    pass
-            args = (call.q, call.k, call.v, shape, list(rec.window), list(rec.stride),
-                    list(rec.dilation), list(rec.causal), prefix, suffix, plan["scale"], mask,
-                    bool(plan["spatial"]), "auto")
+            args = (q, k, v, shape, list(rec.window), list(rec.stride), list(rec.dilation),
+                    list(rec.causal), prefix, suffix, plan["scale"], plan["mask"],
+                    bool(plan["spatial"]), list(rec.q_tile or ()), list(rec.kv_tile or ()), "auto")
             new = graph.call_function(GNA_OP, args)
-        new.meta.update({k: v for k, v in node.meta.items() if k in (
-            "example_value", "val", "nn_module_stack", "stack_trace", "source_fn_stack")})
+        set_val(new, fake_mode)
+        for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "seq_nr", "original_aten"):
+            if key in node.meta:
+                new.meta[key] = node.meta[key]
         new.meta["gna"] = dict(
-            module=rec.module, grid=rec.grid, window=rec.window, stride=rec.stride,
-            dilation=rec.dilation, causal=rec.causal, extra_prefix=rec.extra_prefix,
-            extra_suffix=rec.extra_suffix, q_tile=rec.q_tile, kv_tile=rec.kv_tile,
-            key_mask_spatial=bool(plan["spatial"]) if mask is not None else None,
-            grid_axes=[a.origin for a in plan["axes"]])
+            module=rec.module, site=rec.site, grid=rec.grid, extra_prefix=rec.extra_prefix,
+            extra_suffix=rec.extra_suffix, q_tile=rec.q_tile, kv_tile=rec.kv_tile)
+        plan["gna_args"] = args
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         count += 1
-    graph.lint()
-    gm.recompile()
     return count
+
+
+def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None:
+    """In a joint (training) graph, the backward of a rewritten site is the GNA backward with
+    the same decision; a site backward whose forward was not rewritten stays as it is."""
+    by_qkv = {tuple(r.plan["gna_args"][:3]): r for r in records if r.rewritten and "gna_args" in r.plan}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not SITE_BWD:
+            continue
+        rec = by_qkv.get(tuple(node.args[1:4]))
+        if rec is None:
+            continue
+        g = rec.plan["gna_args"]
+        with graph.inserting_before(node):
+            new = graph.call_function(GNA_BWD, (node.args[0], *g[:12], False))
+        set_val(new, fake_mode)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+def fill_tiles(graph: Graph) -> None:
+    """GNA calls written into the model without tiles get the tiling the op would choose at
+    run time (``tile_choice.choose_tiles``), now, so hoisting and the op run the same one."""
+    from ..config import make_spec
+    from ..kernels.tile_choice import choose_tiles
+    from .ops import args_of
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target is not GNA_OP:
+            continue
+        a = args_of(node)
+        static = [a["shape"], a["window"], a["stride"], a["dilation"]]
+        if a["q_tile"] or not all(isinstance(x, int) for xs in static for x in xs) or not all(
+                isinstance(a[k], int) for k in ("extra_prefix", "extra_suffix")):
+            continue
+        try:
+            spec = make_spec(tuple(a["shape"]), tuple(a["window"]), tuple(a["stride"]),
+                             tuple(a["dilation"]), tuple(a["causal"]))
+            q_tile, kv_tile = choose_tiles(spec, a["extra_prefix"], a["extra_suffix"])
+        except ValueError:
+            continue
+        args = list(node.args)
+        args[13], args[14] = list(q_tile), list(kv_tile)
+        node.args = tuple(args)
+        meta = node.meta.setdefault("gna", {})
+        meta.setdefault("module", node.name)
+        meta.update(q_tile=tuple(q_tile), kv_tile=tuple(kv_tile))

@@ -1,7 +1,10 @@
-"""Symbolic sizes for the FX passes: every size becomes a sympy expression.
+"""Sizes as sympy expressions, and the only two guards the passes ever install.
 
-Dynamo graphs carry example values whose sizes are ints (static) or SymInts (``dynamic=True``);
-comparing them as sympy expressions lets one pass handle both without guessing or guarding.
+ATen graphs carry fake values whose sizes are ints or SymInts (``dynamic=True``, or a dim
+marked dynamic); as sympy expressions one pass handles both. The passes never call ``int()``
+on a SymInt: a size is fixed only through :func:`guard_equal` / :func:`guard_at_least`, which
+refuse (return False) for a symbol the user marked dynamic, instead of letting Dynamo raise
+a ConstraintViolationError that never names gna.
 """
 
 from __future__ import annotations
@@ -10,29 +13,84 @@ import sympy
 import torch
 from torch.fx import Node
 
-__all__ = ["example_value", "shape_of", "to_expr", "same", "prod", "hint", "find_shape_env", "is_tensor_node"]
+__all__ = ["val", "shape_of", "to_expr", "same", "prod", "hint", "find_shape_env", "divides", "nonneg", "static_int",
+           "guard_equal", "guard_at_least", "marked_dynamic"]
 
 
-def example_value(node):
-    """The fake/example value Dynamo (``example_value``) or make_fx (``val``) recorded."""
+def val(node, out: int | None = None):
+    """The fake value recorded on a node (``meta["val"]``; Dynamo graphs: ``example_value``)."""
     if not isinstance(node, Node):
         return None
-    return node.meta.get("example_value", node.meta.get("val"))
+    v = node.meta.get("val", node.meta.get("example_value"))
+    if out is not None and isinstance(v, (tuple, list)):
+        return v[out] if out < len(v) else None
+    return v
 
 
-def is_tensor_node(node) -> bool:
-    return isinstance(example_value(node), torch.Tensor)
+def _opaque(*exprs):
+    """The expressions with every non-polynomial sub-term (FloorDiv, Mod, ...) replaced by a
+    dummy symbol (one per distinct term, shared by all of them), and the map back: sympy's
+    polynomial algebra then works on them."""
+    terms = set()
+    for e in exprs:
+        terms |= sympy.sympify(e).atoms(sympy.Function)
+    subs = {t: sympy.Dummy() for t in terms}
+    back = {v: k for k, v in subs.items()}
+    return [sympy.sympify(e).xreplace(subs) for e in exprs], back
+
+
+def _quotient(a, b):
+    """``a / b`` when it is a polynomial in the size symbols (FloorDiv terms kept opaque)."""
+    (pa, pb), back = _opaque(a, b)
+    if pb == 0:
+        return None
+    q = sympy.cancel(pa / pb)
+    num, den = sympy.fraction(sympy.together(q))
+    if den != 1:
+        return None
+    return sympy.expand(q).xreplace(back)
+
+
+def nonneg(expr) -> bool:
+    """Provably >= 0, reading every size symbol and floor-division of sizes as >= 0."""
+    e = sympy.expand(sympy.sympify(expr))
+    if e.is_Integer:
+        return int(e) >= 0
+    (e,), _ = _opaque(e)
+    e = e.xreplace({x: sympy.Dummy(nonnegative=True, integer=True) for x in e.free_symbols})
+    return bool(e.is_nonnegative)
+
+
+def _exact_floordiv(expr):
+    """``FloorDiv(a, b)`` -> ``a / b`` where ``b`` provably divides ``a`` (Dynamo writes
+    ``(s0**2 * h) // s0`` for ``s0 * h``), so equal sizes compare equal."""
+    try:
+        from torch.utils._sympy.functions import FloorDiv
+    except ImportError:  # pragma: no cover
+        return expr
+    if not expr.has(FloorDiv):
+        return expr
+
+    def div(a, b):
+        q = _quotient(a, b)
+        return q if q is not None else FloorDiv(a, b)
+    return sympy.expand(expr.replace(FloorDiv, div))
 
 
 def to_expr(size) -> sympy.Expr:
+    """A size as a sympy expression; symbols a guard has fixed are their values."""
     if isinstance(size, torch.SymInt):
-        return sympy.sympify(size.node.expr)
+        expr = sympy.sympify(size.node.expr)
+        env = size.node.shape_env
+        if env is not None and getattr(env, "replacements", None):
+            expr = env.replace(expr)
+        return _exact_floordiv(sympy.sympify(expr))
     return sympy.Integer(int(size))
 
 
-def shape_of(node) -> tuple[sympy.Expr, ...] | None:
+def shape_of(node, out: int | None = None) -> tuple[sympy.Expr, ...] | None:
     """Sizes of a tensor-valued node as sympy expressions, or None if it is not a tensor."""
-    v = example_value(node)
+    v = val(node, out)
     if not isinstance(v, torch.Tensor):
         return None
     return tuple(to_expr(s) for s in v.shape)
@@ -40,6 +98,8 @@ def shape_of(node) -> tuple[sympy.Expr, ...] | None:
 
 def same(a, b) -> bool:
     """True only when the two sizes are provably equal for every value of the symbols."""
+    if isinstance(a, (int, sympy.Integer)) and isinstance(b, (int, sympy.Integer)):
+        return int(a) == int(b)
     return sympy.expand(sympy.sympify(a) - sympy.sympify(b)) == 0
 
 
@@ -50,10 +110,30 @@ def prod(xs) -> sympy.Expr:
     return sympy.expand(out)
 
 
+def divides(a, b) -> sympy.Expr | None:
+    """``b / a`` when it is provably a whole number (a polynomial with integer coefficients)."""
+    a, b = sympy.sympify(a), sympy.sympify(b)
+    if a.is_Integer and b.is_Integer:
+        ia, ib = int(a), int(b)
+        return sympy.Integer(ib // ia) if ia > 0 and ib % ia == 0 and ib >= 0 else None
+    if a == 0:
+        return None
+    q = _quotient(b, a)
+    if q is None:
+        return None
+    if q.is_Integer:
+        return q if q > 0 else None
+    (pq,), _ = _opaque(q)
+    poly = sympy.Poly(pq, *pq.free_symbols)
+    if not all(c.is_Integer for c in poly.coeffs()):
+        return None
+    return q
+
+
 def find_shape_env(graph):
     """The ShapeEnv behind a graph's SymInts (None for a static graph)."""
     for node in graph.nodes:
-        v = example_value(node)
+        v = val(node)
         vals = v if isinstance(v, (tuple, list)) else (v,)
         for t in vals:
             sizes = t.shape if isinstance(t, torch.Tensor) else (t,)
@@ -71,7 +151,66 @@ def hint(expr, shape_env=None) -> int | None:
     if shape_env is None:
         return None
     try:
-        fn = getattr(shape_env, "optimization_hint", None) or shape_env.size_hint  # torch 2.11 has no optimization_hint
+        fn = getattr(shape_env, "optimization_hint", None) or shape_env.size_hint
         return int(fn(expr))
     except Exception:  # an unbacked symbol has no hint
         return None
+
+
+def static_int(expr, shape_env=None) -> int | None:
+    """The value of a size when it is an integer or fixed by the guards installed so far
+    (e.g. a grid size 'auto' specialized); None while it can still vary."""
+    expr = sympy.sympify(expr)
+    if expr.is_Integer:
+        return int(expr)
+    if shape_env is None:
+        return None
+    h = hint(expr, shape_env)
+    if h is None:
+        return None
+    try:
+        got = shape_env._maybe_evaluate_static(sympy.Eq(expr, h))
+    except Exception:  # private API; no proof means not static
+        return None
+    return h if got == sympy.true else None
+
+
+def marked_dynamic(expr, shape_env, dynamic_sources: set) -> list[str]:
+    """Source names (``L['x'].size()[2]``) of the symbols in ``expr`` that the user marked
+    dynamic (``torch._dynamo.mark_dynamic``): those must not be specialized."""
+    expr = sympy.sympify(expr)
+    if shape_env is None or expr.is_Integer:
+        return []
+    out = []
+    for sym in expr.free_symbols:
+        for src in shape_env.var_to_sources.get(sym, []):
+            name = src.name() if callable(getattr(src, "name", None)) else str(src)
+            if name in dynamic_sources:
+                out.append(name)
+    return sorted(set(out))
+
+
+def guard_equal(expr, shape_env, dynamic_sources: set) -> int | None:
+    """Fix a size to its example value (installs ``expr == value``); None if it has no hint or
+    depends on a dim the user marked dynamic."""
+    expr = sympy.sympify(expr)
+    if expr.is_Integer:
+        return int(expr)
+    v = hint(expr, shape_env)
+    if v is None or marked_dynamic(expr, shape_env, dynamic_sources):
+        return None
+    shape_env.evaluate_expr(sympy.Eq(expr, v))
+    return v
+
+
+def guard_at_least(expr, bound: int, shape_env) -> bool:
+    """Install ``expr >= bound`` when the example satisfies it (a range guard: allowed on dims
+    marked dynamic too); False when the example is smaller."""
+    expr = sympy.sympify(expr)
+    if expr.is_Integer:
+        return int(expr) >= bound
+    v = hint(expr, shape_env)
+    if v is None or v < bound:
+        return False
+    shape_env.evaluate_expr(sympy.Ge(expr, bound))
+    return True

@@ -106,7 +106,7 @@ def _pareto(options, p: float):
 
 def search(shape, window=None, sparsity=None, strides=None, tiles=None, dilation=1, causal=False,
            extra_prefix: int = 0, extra_suffix: int = 0, top=None, require_block_sparse: bool = False,
-           mask_penalty=None, sparsity_tolerance: float = 0.01):
+           mask_penalty=None, sparsity_tolerance: float = 0.01, tile_cost=None):
     """Rank GNA configs for a grid by simulated tile speedup (best first).
 
     - ``window``: int/tuple, or None to pick windows for the target ``sparsity`` (fraction of
@@ -117,6 +117,8 @@ def search(shape, window=None, sparsity=None, strides=None, tiles=None, dilation
     Ranked by ``tile_speedup_with_extras`` (equal to ``tile_speedup`` without extra tokens);
     ties: perfectly block-sparse first, then larger Q tiles, larger KV tiles, smaller strides.
     ``top`` limits the list; ``require_block_sparse`` keeps only configs with no partial tile.
+    ``tile_cost(q_tile, kv_tile)`` multiplies a tiling's cost in the ranking (a kernel's
+    efficiency at that tile size); the reported speedups stay the tile counts' own.
     """
     shape = _check_shape(shape)
     rank = len(shape)
@@ -152,6 +154,7 @@ def search(shape, window=None, sparsity=None, strides=None, tiles=None, dilation
     extras = extra_prefix + extra_suffix
     cands = []  # (sort key, window, stride tuple, q, kv, per-dim stats)
     for q, kv in tiles:
+        weight = 1.0 if tile_cost is None else float(tile_cost(q, kv))
         tq_tok, tk_tok = math.prod(q), math.prod(kv)
         e_q, e_kv = -(-extras // tq_tok), -(-extras // tk_tok)
         total = math.prod(shape) + extras
@@ -174,7 +177,7 @@ def search(shape, window=None, sparsity=None, strides=None, tiles=None, dilation
                     continue
                 q_t, kv_t = math.prod(x.q_tiles for x in stats), math.prod(x.kv_tiles for x in stats)
                 extra_visits = q_t * e_kv + e_q * (kv_t + e_kv)
-                metric = dense_x / (full + p * (visited - full) + extra_visits)
+                metric = dense_x / ((full + p * (visited - full) + extra_visits) * weight)
                 stride = tuple(x[0] for x in combo)
                 key = (-round(metric, 12), full != visited, -math.prod(q), -math.prod(kv),
                        stride, win, q, kv)
