@@ -66,6 +66,9 @@ def _analyze(rec: CallRecord, node, prov: Provenance, ctx: Context, env) -> None
     if qs is None or ks is None or vs is None or not (len(qs) == len(ks) == len(vs) == 4):
         rec.reason = "q/k/v are not 4-D [B, H, N, D] tensors"
         return
+    if a["is_causal"]:
+        rec.reason = "is_causal=True (causal over the flat sequence is not a spatial mask)"
+        return
     if not (same(qs[0], ks[0]) and same(ks[0], vs[0])):
         rec.reason = f"q batch {qs[0]} and k/v batch {ks[0]}/{vs[0]} differ (SDPA broadcasting)"
         return

@@ -262,6 +262,8 @@ class _Region:
         (softmax ignores a joint key order) unless a mask depends on the key order."""
         a = args_of(node)
         mask = a["attn_mask"]
+        if a["is_causal"]:
+            return None  # causal masks read query and key positions in natural order
         if mask is not None and not same(shape_of(mask)[-2] if len(shape_of(mask)) >= 2 else 1, 1):
             return None  # a per-query mask reads query positions in natural order
         need = _inv(node, place)

@@ -5,7 +5,9 @@ Each ``scaled_dot_product_attention`` call in a captured graph becomes a
 functionalization and decomposition as one node, so the analyses that follow work on the
 canonical ATen graph (no in-place writes, no ``getattr``, every argument by schema) and still
 see the call whole. Calls the GNA op could never serve (dropout, ``is_causal``, a float bias,
-run-time arguments) are left as they are, with the reason recorded here.
+run-time arguments, a mask that needs gradients) are left as they are, with the reason
+recorded here; causal calls and float biases become sites too (dense, reason from the
+analysis), so the token layout flows through them.
 """
 
 from __future__ import annotations
@@ -128,8 +130,8 @@ def _unsupported(a: dict) -> str:
         return "dropout_p is a run-time value"
     if a["dropout_p"] != 0:
         return f"dropout_p={a['dropout_p']} (the GNA op has no attention dropout)"
-    if a["is_causal"] is not False:
-        return f"is_causal={a['is_causal']} (causal over the flat sequence is not a spatial mask)"
+    if not isinstance(a["is_causal"], bool):
+        return "is_causal is a run-time value"
     if a["scale"] is not None and (not isinstance(a["scale"], (int, float)) or isinstance(a["scale"], bool)):
         return "scale is a run-time value"
     if not isinstance(a["enable_gqa"], bool):
@@ -139,8 +141,8 @@ def _unsupported(a: dict) -> str:
         mv = m.meta.get("example_value") if isinstance(m, Node) else None
         if not isinstance(mv, torch.Tensor):
             return f"attn_mask of type {type(m).__name__} is not a graph tensor"
-        if mv.dtype != torch.bool:
-            return f"attn_mask is {mv.dtype} (an additive bias), not a boolean key mask"
+        if mv.requires_grad:
+            return f"attn_mask is a {mv.dtype} bias that needs gradients"
     return ""
 
 
@@ -158,7 +160,7 @@ def mark_sites(gm: GraphModule) -> list[Site]:
             continue
         scale = None if a["scale"] is None else float(a["scale"])
         node.target = SITE_OP
-        node.args = (a["query"], a["key"], a["value"], a["attn_mask"], False, scale,
+        node.args = (a["query"], a["key"], a["value"], a["attn_mask"], a["is_causal"], scale,
                      a["enable_gqa"], site.id)
         node.kwargs = {}
         changed = True
