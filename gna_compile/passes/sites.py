@@ -103,7 +103,7 @@ def module_path(node: Node) -> str:
 
 def _where(node: Node) -> str:
     tb = node.meta.get("stack_trace") or ""
-    found = re.findall(r'File "([^"]+)", line (\d+)', tb)
+    found = [f for f in re.findall(r'File "([^"]+)", line (\d+)', tb) if "/gna_compile/" not in f[0]]
     if not found:
         return ""
     path, line = found[-1]
