@@ -34,7 +34,17 @@ def cosmos():
     return m, kwargs, (3, 4, 4), {}, 2, {}
 
 
-MODELS = {"flux": flux, "hunyuan": hunyuan, "cosmos": cosmos}
+def cogvideox():
+    m, kwargs = tiny_diffusers.cogvideox(frames=3, grid=(4, 4))
+    return m, kwargs, (3, 4, 4), dict(extra_prefix=5), 2, {}
+
+
+def allegro():
+    m, kwargs = tiny_diffusers.allegro(frames=3, grid=(4, 4))
+    return m, kwargs, (3, 4, 4), {}, 2, {}
+
+
+MODELS = {"flux": flux, "hunyuan": hunyuan, "cosmos": cosmos, "cogvideox": cogvideox, "allegro": allegro}
 
 
 def compile_run(m, kwargs, policy):

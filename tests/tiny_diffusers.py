@@ -48,3 +48,29 @@ def cosmos(grid=(3, 4, 4), layers=2, learnable_pos=False):
     kw = dict(hidden_states=torch.randn(1, 4, t, 2 * h, 2 * w), timestep=torch.tensor([1.0]),
               encoder_hidden_states=torch.randn(1, 5, 16))
     return m, kw
+
+
+def cogvideox(frames=3, grid=(4, 4), text=5, layers=2):
+    """CogVideoX 1.0: per-frame 2-D patch embedding (conv2d over [B*F, C, H, W]), text first."""
+    import diffusers
+    h, w = grid
+    m = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=layers,
+        sample_width=2 * w, sample_height=2 * h, sample_frames=4 * frames - 3, patch_size=2, patch_size_t=None,
+        text_embed_dim=16, time_embed_dim=8, max_text_seq_length=text, use_rotary_positional_embeddings=False)
+    kw = dict(hidden_states=torch.randn(1, frames, 4, 2 * h, 2 * w), encoder_hidden_states=torch.randn(1, text, 16),
+              timestep=torch.tensor([1]))
+    return m, kw
+
+
+def allegro(frames=3, grid=(4, 4), text=5, layers=2):
+    """Allegro: per-frame conv2d patch embedding over [B*F, C, H, W] (frames moved to the batch)."""
+    import diffusers
+    h, w = grid
+    m = diffusers.AllegroTransformer3DModel(
+        patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        num_layers=layers, cross_attention_dim=16, sample_height=2 * h, sample_width=2 * w, sample_frames=frames,
+        caption_channels=16)
+    kw = dict(hidden_states=torch.randn(1, 4, frames, 2 * h, 2 * w), encoder_hidden_states=torch.randn(1, text, 16),
+              timestep=torch.tensor([1]))
+    return m, kw

@@ -51,6 +51,7 @@ def _attend(q, k, v, allowed, scale, out_dtype):
         out = torch.matmul(p, vv.masked_fill(bad.unsqueeze(-1), 0.0))
         pb, vb = p.index_select(-1, cols), vv.index_select(-2, cols)
         ab = allowed.expand(*allowed.shape[:-1], p.shape[-1]).index_select(-1, cols)
+        ab = ab & bad.index_select(-1, cols).unsqueeze(-2)  # only what the masked fill removed
         contrib = torch.where(ab.unsqueeze(-1), pb.unsqueeze(-1) * vb.unsqueeze(-3), 0.0)
         out = out + contrib.sum(-2)
     else:

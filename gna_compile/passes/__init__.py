@@ -20,7 +20,7 @@ from .names import qualify, root_names, stack_modules
 from .record import CallRecord
 from .rewrite import GNA_OP, fill_tiles, rewrite, rewrite_backward
 from .sites import SITE_OP, Site, mark_sites
-from .symbolic import find_shape_env, val
+from .symbolic import find_shape_env, source_name, val
 
 __all__ = ["prepare_graph", "Prepared", "AtenPass", "CallRecord"]
 
@@ -41,7 +41,7 @@ def _placeholder_info(gm):
     kinds, params, dynamic = [], [], set()
     for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
         ga = n.meta.get("grapharg")
-        src = ga.source.name if ga is not None and callable(getattr(ga.source, "name", None)) else ""
+        src = source_name(ga.source) if ga is not None and ga.source is not None else ""
         ex = getattr(ga, "example", None) if ga is not None else None
         v = n.meta.get("example_value")
         if isinstance(v, torch.SymInt) or not isinstance(v, torch.Tensor):

@@ -13,7 +13,7 @@ import sympy
 import torch
 from torch.fx import Node
 
-__all__ = ["val", "shape_of", "to_expr", "same", "prod", "hint", "find_shape_env", "divides", "nonneg", "static_int",
+__all__ = ["val", "shape_of", "to_expr", "same", "prod", "hint", "find_shape_env", "divides", "nonneg", "static_int", "source_name",
            "guard_equal", "guard_at_least", "marked_dynamic"]
 
 
@@ -175,6 +175,14 @@ def static_int(expr, shape_env=None) -> int | None:
     return h if got == sympy.true else None
 
 
+def source_name(src) -> str:
+    """A Dynamo Source's name (a method before torch 2.12, a property since)."""
+    name = getattr(src, "name", None)
+    if callable(name):
+        name = name()
+    return name if isinstance(name, str) else str(src)
+
+
 def marked_dynamic(expr, shape_env, dynamic_sources: set) -> list[str]:
     """Source names (``L['x'].size()[2]``) of the symbols in ``expr`` that the user marked
     dynamic (``torch._dynamo.mark_dynamic``): those must not be specialized."""
@@ -184,9 +192,8 @@ def marked_dynamic(expr, shape_env, dynamic_sources: set) -> list[str]:
     out = []
     for sym in expr.free_symbols:
         for src in shape_env.var_to_sources.get(sym, []):
-            name = src.name() if callable(getattr(src, "name", None)) else str(src)
-            if name in dynamic_sources:
-                out.append(name)
+            if source_name(src) in dynamic_sources:
+                out.append(source_name(src))
     return sorted(set(out))
 
 
