@@ -20,6 +20,8 @@ from .names import qualify, root_names, stack_modules
 from .record import CallRecord
 from .rewrite import GNA_OP, fill_tiles, rewrite, rewrite_backward
 from .sites import SITE_OP, Site, mark_sites
+
+SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
 from .symbolic import find_shape_env, source_name, val
 
 __all__ = ["prepare_graph", "Prepared", "AtenPass", "CallRecord"]
@@ -117,10 +119,13 @@ class AtenPass:
         return {n: ("input" if k == "sym" else k) for n, k in zip(ph, self.prep.kinds)}
 
     def run(self, gm: torch.fx.GraphModule, training: bool = False):
+        """Analyze, rewrite and hoist one ATen graph: an inference graph, or a joint forward +
+        backward graph (training: the site backwards follow their forwards, no hoisting)."""
         graph = gm.graph
         be = self.backend
         if gm in be.graphs:
             return  # done already
+        training = training or any(n.op == "call_function" and n.target is SITE_BWD for n in graph.nodes)
         ctx = Context(be.policy, {s.id: s for s in self.prep.sites}, self._input_kinds(gm),
                       self.prep.dynamic_sources, self.prep.actions)
         env = find_shape_env(graph)

@@ -111,6 +111,13 @@ def _slice_bounds(src, n):
 
 
 _ENV = [None]  # the graph's ShapeEnv while the pass runs
+_RULES: dict = {}  # op rules of the graph's nodes, memoized while the pass runs (before it edits)
+
+
+def _rule(node):
+    if node not in _RULES:
+        _RULES[node] = rule(node)
+    return _RULES[node]
 
 
 def _int(e):
@@ -120,7 +127,7 @@ def _int(e):
 def _fwd(node, y, py: Place):
     """Output place(s) of ``node`` when input ``y`` carries ``py``; None: no single output dim
     carries y's tokens (the op mixes or drops them: node reads y in natural order)."""
-    r = rule(node)
+    r = _rule(node)
     if r is None:
         return None
     places = []
@@ -168,7 +175,7 @@ def _fwd(node, y, py: Place):
 def _inv(node, place):
     """What each input must carry when ``node`` computes ``place``: {input: Place}; inputs
     not listed must be in natural order. None if no input assignment gives that place."""
-    r = rule(node)
+    r = _rule(node)
     if r is None:
         return None
     places = place if isinstance(place, tuple) else (place,)
@@ -519,6 +526,15 @@ def hoist_permutations(gm: GraphModule, records=(), fake_mode=None) -> HoistResu
     """Run the pass in place on an ATen graph holding ``gna_attention`` calls."""
     from .symbolic import find_shape_env
     _ENV[0] = find_shape_env(gm.graph)
+    _RULES.clear()
+    try:
+        return _hoist(gm, records, fake_mode)
+    finally:
+        _RULES.clear()
+        _ENV[0] = None
+
+
+def _hoist(gm, records, fake_mode) -> HoistResult:
     res = HoistResult()
     groups: dict = {}
     names = {r.site: r for r in records}
@@ -559,6 +575,7 @@ def hoist_permutations(gm: GraphModule, records=(), fake_mode=None) -> HoistResu
             for u in users:
                 u.replace_input_with(y, p)
             made += 1
+        _RULES.clear()  # the edges changed: later regions read the rules afresh
         for s in seeds:
             s.target = TILED_OP
             rec = names.get((s.meta.get("gna") or {}).get("site"))

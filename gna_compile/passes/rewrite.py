@@ -22,6 +22,7 @@ __all__ = ["rewrite", "rewrite_backward", "GNA_OP", "SymEmitter", "set_val"]
 GNA_OP = torch.ops.gna_compile.gna_attention.default
 GNA_BWD = torch.ops.gna_compile.gna_attention_backward.default
 SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
+SITE_OP = torch.ops.gna_compile.sdpa_site.default
 
 
 def set_val(node, fake_mode) -> None:
@@ -142,6 +143,11 @@ def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None
         set_val(new, fake_mode)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
+    dense = {tuple(n.args[:3]) for n in graph.nodes if n.op == "call_function" and n.target is SITE_OP}
+    for node in graph.nodes:  # every backward left must belong to a forward left dense
+        if node.op == "call_function" and node.target is SITE_BWD and tuple(node.args[1:4]) not in dense:
+            raise RuntimeError(f"gna_compile: the backward {node.name} of a rewritten attention call was not "
+                               f"rewritten with it; refusing to compile wrong gradients")
 
 
 def fill_tiles(graph: Graph) -> None:
