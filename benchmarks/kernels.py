@@ -106,13 +106,10 @@ def attended_pairs(spec, P, S=0):
 
 
 def sim_speedup(spec, qt, kt, P):
-    try:
-        from gna_compile.sim import simulate
-        r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt, P, 0,
-                     mask_penalty=triton_gna.PARTIAL_PENALTY)
-        return r.tile_speedup_with_extras, r.perfectly_block_sparse, r.mask_penalty
-    except Exception:
-        return triton_gna.predicted_speedup(spec, qt, kt, P), None, triton_gna.PARTIAL_PENALTY
+    from gna_compile.sim import simulate
+    r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt, P, 0,
+                 mask_penalty=triton_gna.PARTIAL_PENALTY)
+    return r.tile_speedup_with_extras, r.perfectly_block_sparse, r.mask_penalty
 
 
 def copy_bandwidth():

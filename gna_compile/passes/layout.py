@@ -1,9 +1,11 @@
 """The token layout of one attention call: extra tokens, and the grid between them.
 
-q's and k's token dims (dim 2 of ``[B, H, N, D]``) must be the same factors (the same source
-axes in the same order, :mod:`provenance`); then the sequence is split at its
-concatenation points into segments, and exactly one segment must be a spatial grid
-(:mod:`spatial`) or, where the graph proves none, match the policy's layout.
+The sequence is split at its concatenation points into segments; exactly one segment of
+the queries must be a spatial grid (:mod:`spatial`) or, where the graph proves none, match the
+policy's layout. The keys must hold that very grid segment (the same source axes in the same
+order, :mod:`provenance`) at the same position, between extra segments of the same lengths.
+The extra tokens' own provenance does not matter: every grid query attends every extra key
+and every extra query attends everything, so no locality is assumed of them.
 """
 
 from __future__ import annotations
@@ -52,16 +54,28 @@ def _segments(d):
     return [d]
 
 
+def _keys_problem(dq, dk) -> str | None:
+    """None when k's segments are q's: the same lengths, and every segment that is not a
+    plain run of extra tokens is the same source axes (checked again once the grid is known)."""
+    sq, sk = _segments(dq), _segments(dk)
+    if not same(dim_size(dq), dim_size(dk)) or len(sq) != len(sk) or not all(
+            same(dim_size(a), dim_size(b)) for a, b in zip(sq, sk)):
+        what = "keys are not the query tokens" if same(dim_size(dq), dim_size(dk)) else \
+            f"cross-attention ({dim_size(dq)} queries, {dim_size(dk)} keys)"
+        return (f"{what}: q tokens {format_dim(dq)} vs k tokens {format_dim(dk)} (different "
+                f"source axes or order)")
+    return None
+
+
 def token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | str:
     """The layout of a call's tokens, or the reason none is proven."""
     dq, dk = prov.dim(q, 2), prov.dim(k, 2)
     if dq is None or dk is None:
         return "q/k token dims are not tensors of the graph"
     if dq != dk:
-        what = "keys are not the query tokens" if same(dim_size(dq), dim_size(dk)) else \
-            f"cross-attention ({dim_size(dq)} queries, {dim_size(dk)} keys)"
-        return (f"{what}: q tokens {format_dim(dq)} vs k tokens {format_dim(dk)} (different "
-                f"source axes or order)")
+        problem = _keys_problem(dq, dk)
+        if problem:
+            return problem
     segs = _segments(dq)
     found = [grid_of(prov, s) for s in segs]
     grids = [i for i, g in enumerate(found) if isinstance(g, Grid)]
@@ -69,7 +83,7 @@ def token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | str
         return f"{len(grids)} separate token grids in one sequence ({format_dim(dq)})"
     entries = [(s, g if isinstance(g, Grid) else None) for s, g in zip(segs, found)]
     if grids:
-        return TokenLayout(entries, grids[0], entries[grids[0]][1])
+        return _keys_hold(dq, dk, TokenLayout(entries, grids[0], entries[grids[0]][1]))
     why = "; ".join(sorted({g for g in found if isinstance(g, str)}))
     if policy.layout is None:
         return f"layout not provable ({why}); give Policy(layout=...)"
@@ -87,4 +101,15 @@ def token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | str
         return (f"layout not provable ({why}); Policy(layout=...) matches {len(matches)} of the "
                 f"token segments {sizes} (needs exactly one)")
     i, shape = matches[0]
-    return TokenLayout(entries, i, None, policy_grid=tuple(shape))
+    return _keys_hold(dq, dk, TokenLayout(entries, i, None, policy_grid=tuple(shape)))
+
+
+def _keys_hold(dq, dk, lay: TokenLayout) -> TokenLayout | str:
+    """The keys' segment at the grid's position must be the queries' grid itself."""
+    if dq == dk:
+        return lay
+    gq, gk = _segments(dq)[lay.grid_index], _segments(dk)[lay.grid_index]
+    if gq != gk:
+        return (f"keys are not the query tokens: the grid segment of q is {format_dim(gq)}, of k "
+                f"{format_dim(gk)} (different source axes or order)")
+    return lay
