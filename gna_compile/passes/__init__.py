@@ -58,7 +58,7 @@ def _placeholder_info(gm):
     return kinds, params, dynamic
 
 
-def _actions(sites, modules, policy, params):
+def _actions(sites, modules, policy):
     """Policy action per marked site; a reason instead when one compiled graph will serve
     several modules (a block frame reused by every block) whose rules disagree."""
     out = {}
@@ -99,7 +99,7 @@ def prepare_graph(gm: torch.fx.GraphModule, policy) -> Prepared:
     if modules and any(s.marked for s in sites):
         policy.warn_unmatched(root_names(modules[-1]).values(), "module of the model")
     prep = Prepared(sites, unmarked, kinds, params, dynamic)
-    prep.actions = _actions(sites, modules, policy, tensors)
+    prep.actions = _actions(sites, modules, policy)
     for s in sites:
         s.frame_root = None  # do not keep the module alive through the compiled graph
     return prep

@@ -218,6 +218,11 @@ class Provenance:
         self._warm = False
 
     # -- public ------------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list:
+        """The graph's nodes in topological order."""
+        return self._order
+
     def dims(self, node: Node, out: int | None = None):
         """All dims of a tensor output as factor tuples, or None if it is not a tensor."""
         if not self._warm:

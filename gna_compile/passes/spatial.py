@@ -91,7 +91,7 @@ def _patchify_problem(prov: Provenance, d) -> str | None:
                 f"embedding in the graph (a plain flatten is no proof of an image)")
     inner = {Piece(f.atom, f.inner, sympy.Integer(1)) for f in patched}
     grid_atoms = {f.atom for f in d}
-    for node in prov._order:
+    for node in prov.nodes:
         dims = prov.dims(node) if node.op == "call_function" and op_key(node) else None
         if not dims:
             continue
