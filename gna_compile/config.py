@@ -133,7 +133,7 @@ class GNA:
         per["causal"] = tuple(cvals)
         ranks = {n: len(v) for n, v in per.items() if len(v) > 1}
         if len(set(ranks.values())) > 1:
-            raise ValueError(f"per-dim values disagree on the number of dims: "
+            raise ValueError("per-dim values disagree on the number of dims: "
                              + ", ".join(f"{n} has {k}" for n, k in ranks.items()))
         rank = max([1, *ranks.values()])
         w, st, d = (per[n] * rank if len(per[n]) == 1 else per[n] for n in ("window", "stride", "dilation"))

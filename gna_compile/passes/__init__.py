@@ -19,7 +19,7 @@ from .analyze import Context, analyze
 from .names import qualify, root_names, stack_modules
 from .record import CallRecord
 from .rewrite import GNA_OP, fill_tiles, rewrite, rewrite_backward
-from .sites import SITE_OP, Site, mark_sites
+from .sites import mark_sites
 
 SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
 from .symbolic import find_shape_env, source_name, val

@@ -511,7 +511,7 @@ def _emit(graph, x, place: Place, shape, tile, inverse: bool, fake_mode):
 
 def _group_key(node):
     a = args_of(node)
-    shape, q_tile, kv_tile = a["shape"], a["q_tile"], a["kv_tile"]
+    shape, q_tile = a["shape"], a["q_tile"]  # the permutation depends on the Q tile only
     if not q_tile:
         return None, "no kernel tile chosen for this call"
     if not all(isinstance(n, int) for n in shape) or not all(

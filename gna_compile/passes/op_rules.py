@@ -349,7 +349,7 @@ def _pad(node, a, outs):
 
 
 def _sdpa_site(node, a, outs):
-    q, k, v = a["q"], a["k"], a["v"]
+    q, v = a["q"], a["v"]
     return [[Src("same", ((q, 0),)), Src("same", ((q, 1),)), Src("same", ((q, 2),)), Src("same", ((v, 3),))]]
 
 

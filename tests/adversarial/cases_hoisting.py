@@ -10,7 +10,7 @@ from torch import nn
 
 from gna_compile import GNA, Policy
 
-from blocks import DIM, Attn, Block, Patch2d, heads, img, merge, video, Patch3d
+from blocks import DIM, Attn, Block, Patch2d, Patch3d, img, video
 from harness import DENSE, Case, Truth
 
 G = Truth(grid=(4, 4), rewrite=True)          # conv2d patch grid of an 8x8 image
