@@ -84,6 +84,8 @@ class GNABackend:
             with torch._functorch.config.patch(enable_autograd_cache=False):
                 return compile_fx(gm, example_inputs, config_patches={
                     "joint_custom_pre_pass": pre_pass, "fx_graph_cache": False})
+        import importlib
+        importlib.import_module("torch._inductor.lowering")  # Inductor's decompositions consult it (max_pool2d)
         from torch._dynamo.backends.common import aot_autograd
         from torch._functorch.aot_autograd import make_boxed_func
         from torch._functorch.partitioners import default_partition

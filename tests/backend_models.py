@@ -88,13 +88,16 @@ def graph_code(gm) -> str:
                     wanted.add(a)
     for n in nodes:
         if n in wanted:
-            args = ", ".join([_fmt(a) for a in n.args] + [f"{k}={_fmt(v)}" for k, v in n.kwargs.items()])
+            shown = n.args[:-1] + ("<site>",) if "sdpa_site" in str(n.target) else n.args  # ids are global
+            args = ", ".join([_fmt(a) for a in shown] + [f"{k}={_fmt(v)}" for k, v in n.kwargs.items()])
             target = getattr(n.target, "__name__", str(n.target))
             lines.append(f"{n.name} = {target}({args})")
     return "\n".join(lines)
 
 
 def _fmt(a):
+    if a == "<site>":
+        return a
     if isinstance(a, torch.fx.Node):
         return a.name
     if isinstance(a, (list, tuple)):

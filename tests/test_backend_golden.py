@@ -43,7 +43,7 @@ class TestGolden(expecttest.TestCase):
         be, code = compile_graph(BiasViT(), torch.randn(2, 3, 16, 16), torch.randn(1, 1, 64, 64),
                                  policy=Policy(default=GNA(4)))
         self.assertExpectedInline(be.records[0].reason, """attn_mask is torch.float32 (an additive bias), not a boolean key mask""")
-        self.assertExpectedInline(code, """sdpa_site = sdpa_site.default(permute_2, permute_3, permute_4, arg5_1, False, None, False, 1)""")
+        self.assertExpectedInline(code, """sdpa_site = sdpa_site.default(permute_2, permute_3, permute_4, arg5_1, False, None, False, <site>)""")
 
     def test_dynamic_shapes(self):
         torch.manual_seed(0)

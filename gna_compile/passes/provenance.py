@@ -182,17 +182,20 @@ def _candidates_agree(cands):
     first = cands[0]
     if all(c == first for c in cands):
         return first
-    # Different atoms, same grid: accept only spatial axes of the same sizes in the same
-    # positions (e.g. latents and a padding mask resized to them), no atom in two positions.
+    # Different atoms, same grid: accept only spatial axes that play the same role in the
+    # same positions (the same dim of their tensors, the same sizes and pieces: latents and a
+    # padding mask resized to them; two convolutions of one image), no atom in two positions.
     n = len(first)
     if not all(len(c) == n for c in cands):
         return None
     seen: dict = {}
     for c in cands:
         for i, f in enumerate(c):
-            if not (isinstance(f, Piece) and f.atom.kind in SPATIAL_KINDS and (f.whole or f.outer)):
+            g = first[i]
+            if not (isinstance(f, Piece) and isinstance(g, Piece) and f.atom.kind in SPATIAL_KINDS
+                    and (f.whole or f.outer)):
                 return None
-            if not same(f.size, first[i].size if isinstance(first[i], Piece) else -1):
+            if f.atom.dim != g.atom.dim or not same(f.size, g.size) or not same(f.inner, g.inner):
                 return None
             if seen.setdefault(f.atom, i) != i:
                 return None
@@ -286,33 +289,41 @@ class Provenance:
             return [g if g is not None else new(j) for j, g in enumerate(groups)]
         out_dims = []
         for j, s in enumerate(srcs):
-            d = self._from_src(s, shape[j], shape)
+            d = self._from_src(s, shape)
+            if d == "conv" and not _one_axis(self.dim(node.args[0], j)):
+                d = "fresh"  # a conv over a flattened grid: its positions are no image axis
             out_dims.append(new(j, d) if isinstance(d, str) else d)
         return out_dims
 
-    def _from_src(self, s, size, out_shape):
+    def _from_src(self, s, out_shape):
         """The dim a Src describes, or the kind of the new atom to make instead.
 
-        Several operands of a pointwise op index the same positions. Their provenance must
-        agree, except that tables are ignored beside the tensor they modulate: operands that
-        depend on no data input (parameters, constants: positional embeddings, RoPE tables
-        built from sizes), and data-dependent operands broadcast over another dim (RoPE tables
-        computed from position-id inputs, [N, D] against [B, H, N, D])."""
+        Several operands of a pointwise op index the same positions; the output's index i is
+        each operand's index i. Operands whose positions are spatial axes (a convolution's,
+        a patchified input's) must agree axis by axis (:func:`_candidates_agree`): H-major
+        against W-major is a conflict, and the output is then no grid. Operands of no spatial
+        meaning beside them only modulate the values at those positions (a positional
+        embedding, a RoPE table, a gate, a mirrored copy: the index stays the spatial
+        operand's). Without a spatial operand, the operands that vary along every output dim
+        must agree; tables broadcast over a dim (RoPE tables from position-id inputs, [1, N, 1,
+        D] against [B, N, H, D]) and operands that depend on no data input are ignored."""
         if s.kind == "same":
-            full, tables, leaves = [], [], []
+            spatial, full, tables, leaves = [], [], [], []
             for x, d in s.inputs:
                 dd = self.dim(x, d)
                 if dd is None:
                     return "fresh"
                 if not dd or all(isinstance(f, Piece) and f.atom.kind == "bcast" for f in dd):
                     continue  # a broadcast operand carries no positions
-                if not self.data_dependent(x):
+                if any(a.kind in SPATIAL_KINDS for a in _atoms(dd)):
+                    spatial.append(dd)
+                elif not self.data_dependent(x):
                     leaves.append(dd)
                 elif _broadcast_over(shape_of(x), out_shape):
                     tables.append(dd)
                 else:
                     full.append(dd)
-            pool = full or tables or leaves
+            pool = spatial or full or tables or leaves
             if not pool:
                 return "bcast"
             agreed = _candidates_agree(pool)
@@ -328,6 +339,12 @@ class Provenance:
             got = None if dd is None else _slice_dim(dd, s.start, s.stop)
             return "fresh" if got is None else got
         return s.kind  # conv / bcast / fresh: a new atom of this node
+
+
+def _one_axis(d) -> bool:
+    """A dim that is one whole axis (or nothing): what a convolution slides over as a line of
+    an image. A dim made of several axes (a flattened grid) or of a piece is not."""
+    return d is not None and (len(d) == 0 or (len(d) == 1 and isinstance(d[0], Piece) and d[0].whole))
 
 
 def _broadcast_over(shape, out_shape) -> bool:
