@@ -320,7 +320,9 @@ def _select_scatter(node, a, outs):
 
 
 def _copy(node, a, outs):
-    return [_broadcast_same(node, outs[0], [a["self"], a["src"]])]
+    """copy(self, src): every value comes from src (broadcast to self's shape); self gives
+    the shape only, so its positions say nothing about the output's."""
+    return [_broadcast_same(node, outs[0], [a["src"]])]
 
 
 def _like(node, a, outs):
