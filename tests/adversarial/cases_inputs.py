@@ -5,6 +5,7 @@ within-patch offsets into the features) or ``Policy(layout=...)`` does."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gna_compile import GNA, Policy
@@ -156,3 +157,8 @@ CASES = [
     _case("policy_vs_patchify", lambda m, x: m.proj(cosmos2d(x)), lambda g: (im(g),), [G2],
           policy=Policy(layout=(W, H), default=GNA(2))),
 ]
+
+
+# im2col patch embedding (F.unfold + Linear): a true (4, 6) grid the compiler need not prove
+CASES.append(_case("unfold_patchify", lambda m, x: m.proj(F.unfold(x, 2, stride=2).transpose(1, 2)),
+                   lambda g: (im(g),), [Truth(grid=(H, W))]))

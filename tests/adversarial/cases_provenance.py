@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocks import DIM, heads, img, merge, video
+from gna_compile import GNA, Policy
+
 from harness import DENSE, Case, Truth
 
 H, W = 4, 6                                    # conv grid of an 8x12 image
@@ -103,19 +105,26 @@ CASES = [
     _case("table_mul_add", lambda m, f, x: ((hmajor(f) * m.table + m.table.flip(0)),) * 3, GRID),
     _case("rope_pairs", lambda m, f, x: (_rope(m, hmajor(f)), _rope(m, hmajor(f)), hmajor(f)),
           GRID),
-    # tokens mixed with their mirror image: positions of unknown origin, the compiler must refuse
-    _case("mirror_mix", lambda m, f, x: ((hmajor(f) + hmajor(f).flip(1)),) * 3, DENSE),
-    # the same on a square map: the conv output plus another conv's output transposed, so
-    # token (i, j) mixes patch (i, j) with patch (j, i) (a transpose is a mirror along the
-    # diagonal); sizes agree, axes do not: as mirror_mix, no proof of the layout
+    # tokens plus their mirror image: token i still sits at patch i (its index is the conv's),
+    # the mirrored copy only adds values, like a positional embedding would: a true grid
+    _case("mirror_mix", lambda m, f, x: ((hmajor(f) + hmajor(f).flip(1)),) * 3, Truth(grid=GRID.grid)),
+    # the conv output plus another conv's output transposed: both are spatial axes, and they
+    # disagree (H against W): which grid the tokens are is not provable, the compiler refuses
     Case("prov_transpose_mix_square", "provenance",
          lambda: QKV(lambda m, f, x: (hmajor(f + m.conv_b(x).transpose(2, 3)),) * 3),
          lambda g: (img(g, h=8, w=8),), [DENSE]),
+    # the same through a data-dependent gate [B, N, 1] from the mirrored tokens: token i is
+    # still patch i, scaled (a true grid)
+    _case("mirror_mix_gate", lambda m, f, x: ((hmajor(f) * hmajor(f).flip(1).mean(-1, keepdim=True).sigmoid()),) * 3,
+          Truth(grid=GRID.grid)),
     # its sound twin: conv_b of the transposed image, transposed back, is a conv of the image
     # itself (with a transposed kernel), so token (i, j) is patch (i, j) twice: a true grid
     Case("prov_transpose_twice_square", "provenance",
          lambda: QKV(lambda m, f, x: (hmajor(f + m.conv_b(x.transpose(2, 3)).transpose(2, 3)),) * 3),
          lambda g: (img(g, h=8, w=8),), [Truth(grid=(4, 4))]),
+    # the same conv called twice on the same image: identical tokens (two graph nodes, so
+    # nothing proves it, but a rewrite would be sound)
+    _case("keys_recomputed_same_conv", lambda m, f, x: (hmajor(f), hmajor(m.conv(x)), hmajor(f)), GRID_ANY),
     # keys that are the query tokens through no-op copies
     _case("keys_detach", lambda m, f, x: (hmajor(f), hmajor(f).detach(), hmajor(f)), GRID),
     _case("keys_clone", lambda m, f, x: (hmajor(f), hmajor(f).clone(), hmajor(f)), GRID),
@@ -158,3 +167,56 @@ class FrameZeroKeys(nn.Module):
 CASES += [Case(f"prov_frame0_keys_{how}", "provenance", lambda how=how: FrameZeroKeys(how),
                lambda g: (video(g, t=2, h=2 * H, w=2 * W, c=3),), [t])
           for how, t in (("expand", DENSE), ("repeat", DENSE), ("self", Truth(grid=(2, H, W), rewrite=True)))]
+
+
+# Per-sample or per-feature layouts that differ. On a square map a W-major token order has
+# the same sizes as the H-major one; with an anisotropic window (2 rows x 3 columns) the two
+# orders give different neighborhoods, so no single claimed layout is right for every token.
+_ANISO = Policy(default=GNA((2, 3)))
+CASES += [
+    # sample 0 H-major, sample 1 W-major (a transposed view concatenated along the batch)
+    Case("prov_batch_cat_transposed", "provenance",
+         lambda: QKV(lambda m, f, x: (torch.cat([hmajor(f), hmajor(m.conv_b(x).transpose(2, 3))], 0),) * 3),
+         lambda g: (img(g, h=8, w=8),), [DENSE], policy=_ANISO),
+    # half of the features H-major, half W-major
+    Case("prov_feature_cat_transposed", "provenance",
+         lambda: QKV(lambda m, f, x: (torch.cat([hmajor(f)[..., :8], hmajor(m.conv_b(x).transpose(2, 3))[..., 8:]],
+                                                -1),) * 3),
+         lambda g: (img(g, h=8, w=8),), [DENSE], policy=_ANISO),
+    # the control: both H-major under the anisotropic window
+    Case("prov_batch_cat_same_order", "provenance",
+         lambda: QKV(lambda m, f, x: (torch.cat([hmajor(f), hmajor(m.conv_b(x))], 0),) * 3),
+         lambda g: (img(g, h=8, w=8),), [Truth(grid=(4, 4))], policy=_ANISO),
+]
+
+
+class TextKeys(nn.Module):
+    """q = [text_q, grid], k = [text_k, grid'] (text of 3 tokens, the 4x6 conv grid)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.conv, self.txt, self.how = nn.Conv2d(3, DIM, 2, 2), nn.Linear(8, DIM), how
+        self.q, self.k, self.v = nn.Linear(DIM, DIM), nn.Linear(DIM, DIM), nn.Linear(DIM, DIM)
+
+    def forward(self, x, a, b):
+        t = hmajor(self.conv(x))
+        ta, tb = self.txt(a), self.txt(b)
+        tq = torch.cat([ta, t], 1)
+        if self.how == "other_text":          # Mochi-like: the keys' text tokens differ
+            tk = torch.cat([tb, t], 1)
+        elif self.how == "text_after":        # the keys put the text after the grid
+            tk = torch.cat([t, tb], 1)
+        elif self.how == "grid_flipped":      # the keys' grid segment runs backwards
+            tk = torch.cat([ta, t.flip(1)], 1)
+        else:                                 # the keys' text is longer by one token
+            tk = torch.cat([torch.cat([tb, tb[:, :1]], 1), t[:, 1:]], 1)
+        o = F.scaled_dot_product_attention(heads(self.q(tq)), heads(self.k(tk)), heads(self.v(tk)))
+        return merge(o)
+
+
+# extra tokens are attended densely, so the keys' extra segments need only the queries'
+# lengths; their grid segment must be the queries' grid at the same position
+CASES += [Case(f"prov_text_keys_{how}", "provenance", lambda how=how: TextKeys(how),
+               lambda g: (im(g), torch.randn(1, 3, 8, generator=g), torch.randn(1, 3, 8, generator=g)), [t])
+          for how, t in (("other_text", Truth((H, W), 3, 0, rewrite=True)), ("text_after", DENSE),
+                         ("grid_flipped", DENSE), ("shifted_boundary", DENSE))]

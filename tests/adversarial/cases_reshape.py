@@ -148,3 +148,46 @@ CASES = [
     _case("token_resplit_transposed", lambda m, x: [tok(m.conv(x)).view(-1, 3, 8, DIM).transpose(1, 2)
                                                     .reshape(-1, H * W, DIM)], [DENSE]),
 ]
+
+
+
+class ConvOverTokens(nn.Module):
+    """A 4x4 conv2d patch grid, then a convolution applied to the flattened tokens (a 1-D
+    conv along the token dim, or a 2-D conv on a view of them), then attention."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.patch = nn.Conv2d(3, DIM, 2, 2)
+        self.dw3 = nn.Conv1d(DIM, DIM, 3, 1, 1, groups=DIM)
+        self.pw1 = nn.Conv1d(DIM, DIM, 1)
+        self.pw2 = nn.Conv2d(DIM, DIM, 1)
+        self.block, self.how = Block(), how
+
+    def forward(self, x):
+        t = tok(self.patch(x))                                 # [B, 16, C], a 4x4 grid
+        f = t.transpose(1, 2)                                  # [B, C, 16]
+        B = t.shape[0]
+        if self.how == "conv1d_k3":
+            t = tok(self.dw3(f))
+        elif self.how == "conv1d_k3_residual":
+            t = t + tok(self.dw3(f))
+        elif self.how == "conv1d_k1":
+            t = tok(self.pw1(f))
+        elif self.how == "conv2d_1x1_right_view":
+            t = tok(self.pw2(f.reshape(B, DIM, 4, 4)))
+        elif self.how == "conv2d_1x1_wrong_view":
+            t = tok(self.pw2(f.reshape(B, DIM, 2, 8)))
+        return self.block(t)
+
+
+# A stride-1 convolution that keeps every position (kernel 1, or kernel 3 with padding 1)
+# applied to the flattened tokens of the 4x4 grid leaves token i where it was: patch
+# (i // 4, i % 4). The conv's output dim is a new axis, but the tokens are still the 2-D grid;
+# claiming the 1-D grid (16,) (a window over the flat sequence, across row ends), or the
+# (2, 8) grid of a view the model happened to convolve, is wrong.
+CASES += [Case(f"reshape_conv_over_tokens_{how}", "reshape", lambda how=how: ConvOverTokens(how),
+               lambda g: (img(g),), [t])
+          for how, t in (("conv1d_k3", Truth(grid=(4, 4))), ("conv1d_k3_residual", Truth(grid=(4, 4))),
+                         ("conv1d_k1", Truth(grid=(4, 4))),
+                         ("conv2d_1x1_right_view", Truth(grid=(4, 4), rewrite=True)),
+                         ("conv2d_1x1_wrong_view", Truth(grid=(4, 4))))]

@@ -132,3 +132,25 @@ class GridSliceAfterBlocks(nn.Module):
 
 CASES.append(Case("slice_after_block", "slicing", GridSliceAfterBlocks, lambda g: (img(g, b=2),),
                   [Truth((4, 4), 1, 0, rewrite=True), G]))
+
+
+# the same slices with symbolic sizes (dynamic=True): a slice bound that cannot be compared
+# with the symbolic segment lengths must be refused, not guessed
+def _dyn(name, views, truths, h=8, w=12):
+    return Case(f"slice_{name}_dynamic", "slicing", lambda: Sliced(views),
+                lambda g: (img(g, b=2, h=h, w=w), None, None), truths, compile={"dynamic": True})
+
+
+GD = Truth(grid=(4, 6), rewrite=True)
+CASES += [
+    _dyn("cls_then_slices", [CLS_GRID, lambda m, t, p: CLS_GRID(m, t, p)[:, 1:],
+                             lambda m, t, p: CLS_GRID(m, t, p)[:, :9]],
+         [Truth((4, 6), 1, 0, rewrite=True), GD, DENSE]),
+    # a cut exactly at the end of the grid (25 = 1 + 24): with symbolic sizes nothing proves
+    # that 25 is the segment boundary, so the cut is no proof (a (4, 6) claim would be sound
+    # for this shape, and the compiler may guard on it)
+    _dyn("cls_slice_constant_end", [lambda m, t, p: CLS_GRID(m, t, p)[:, 1:25]], [Truth(grid=(4, 6))]),
+    _dyn("registers_strip", [lambda m, t, p: cat(p["cls"], t, p["reg"])[:, 1:-4]], [GD]),
+    _dyn("grid_strided", [lambda m, t, p: t[:, ::2]], [DENSE]),
+    _dyn("grid_half", [lambda m, t, p: t[:, :t.shape[1] // 2]], [Truth(grid=(2, 6))]),
+]
