@@ -106,8 +106,7 @@ def test_op_device_mismatch_raises():
 def test_op_empty_heads_or_batch_returns_empty_like_sdpa(shape):
     q = torch.randn(*shape)
     out = gc.gna_attention(q, q, q, (4, 4), 2)
-    want = torch.nn.functional.scaled_dot_product_attention(q, q, q)
-    assert out.shape == want.shape == shape
+    assert out.shape == shape  # what SDPA returns (torch 2.11's CPU SDPA crashes on zero heads)
 
 
 def test_op_key_mask_broadcast_shapes():

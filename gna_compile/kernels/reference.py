@@ -37,16 +37,22 @@ def _attend(q, k, v, allowed, scale, out_dtype):
     NaN/inf behave as in dense SDPA for the keys a query attends: a NaN score or value there
     makes the row NaN. A key the query does not attend never reaches it, also when its value
     is NaN/inf (``0 * nan`` would): those values are multiplied out separately. A row with no
-    attendable key returns 0, like SDPA's kernels."""
+    attendable key returns 0, like SDPA's kernels. Without autograd the score block is
+    reused in place (it is the largest tensor here: rows x keys)."""
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    s = torch.matmul(q.to(cdt), k.to(cdt).transpose(-1, -2)) * scale
-    s = s.masked_fill(~allowed, float("-inf"))  # masked NaN scores become -inf too
-    lse = torch.logsumexp(s, dim=-1)
+    inplace = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    s = torch.matmul(q.to(cdt), k.to(cdt).transpose(-1, -2)).mul_(scale)
+    s = s.masked_fill_(~allowed, float("-inf")) if inplace else s.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # masked NaN scores are -inf by now
     empty = lse == float("-inf")
-    p = torch.exp(s - torch.where(empty, torch.zeros_like(lse), lse).unsqueeze(-1))
+    shift = torch.where(empty, torch.zeros_like(lse), lse).unsqueeze(-1)
+    p = s.sub_(shift).exp_() if inplace else torch.exp(s - shift)
+    del s
     vv = v.to(cdt)
-    bad = ~torch.isfinite(vv).all(dim=-1)  # [..., Nk]: keys whose value holds a NaN/inf
-    if bool(bad.any()):
+    if bool(torch.isfinite(v).all()):
+        out = torch.matmul(p, vv)
+    else:
+        bad = ~torch.isfinite(vv).all(dim=-1)  # [..., Nk]: keys whose value holds a NaN/inf
         cols = bad.reshape(-1, bad.shape[-1]).any(0).nonzero().flatten()
         out = torch.matmul(p, vv.masked_fill(bad.unsqueeze(-1), 0.0))
         pb, vb = p.index_select(-1, cols), vv.index_select(-2, cols)
@@ -54,8 +60,6 @@ def _attend(q, k, v, allowed, scale, out_dtype):
         ab = ab & bad.index_select(-1, cols).unsqueeze(-2)  # only what the masked fill removed
         contrib = torch.where(ab.unsqueeze(-1), pb.unsqueeze(-1) * vb.unsqueeze(-3), 0.0)
         out = out + contrib.sum(-2)
-    else:
-        out = torch.matmul(p, vv)
     out = torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)
     return out.to(out_dtype), lse.to(torch.float32)
 
