@@ -4,10 +4,13 @@
 
 B=1, 24 heads, head dim 128, bf16; times are medians of triton.testing.do_bench (ms).
 Columns: cuDNN = dense SDPA (cuDNN backend); flex = compiled FlexAttention with a block mask
-from the same GNA definition in the same tile order (on permuted tensors); ours = Triton GNA
+from the same GNA definition in the same tile order (on permuted tensors); flash = the same
+call with ``kernel_options={"BACKEND": "FLASH"}`` (FlashAttention-4 in the CuTe DSL; wheels:
+../shared/tools/fa4_wheels.sh; both flex columns share one block mask built per tile,
+flex_backend.block_classes); ours = Triton GNA
 kernel on permuted tensors; ours-nat = the same kernel reading/writing natural token order
 (what backend="triton" runs, no permutation pass); ours+perm = fused Triton permute of Q, K, V
-+ kernel + unpermute of O; x-cuDNN / x-flex = speedups of min(ours, ours-nat); TFLOP/s =
++ kernel + unpermute of O; x-cuDNN / x-flex / x-flash = speedups of min(ours, ours-nat); TFLOP/s (flashTF) =
 attended pairs x 4 x D / time of that best; bound = FLOP-wise speedup bound (N^2 / attended
 pairs, extras included); sim = simulator's predicted speedup over dense (tile visits, partial
 tiles weighted by the kernel's measured mask penalty, triton_gna.PARTIAL_PENALTY); perm% = (permute Q,K,V + unpermute
@@ -44,22 +47,30 @@ from gna_compile.kernels.triton_permute import permute_tokens_triton, unpermute_
 H, D, DTYPE = 24, 128, torch.bfloat16
 
 
-def _cosmos_config():
-    """Perfectly block-sparse ~90% sparse window/stride for 16x44x80, picked by the simulator."""
-    shape = (16, 44, 80)
+def _block_sparse_config(shape, fallback):
+    """The simulator's ~90% sparse window/stride for ``shape`` over 128-token Q tiles:
+    perfectly block-sparse where such a config exists, else the fastest one (21x45x80, Wan
+    720p, has none: 21 and 45 are odd, so every tiling pads dim 0 or 1 and the key tiles
+    holding padding are partial)."""
     try:
         from gna_compile.sim import candidate_tiles, search
         tiles = [(q, k) for q, k in candidate_tiles(shape)
                  if math.prod(q) == 128 and math.prod(k) in (64, 128)]
-        r = search(shape, sparsity=0.9, require_block_sparse=True, tiles=tiles, top=1)[0]
-        return shape, r.window, r.stride
-    except Exception as e:  # simulator search not available: a known block-sparse config
-        print(f"# simulator search unavailable ({e}); using a fixed Cosmos config", file=sys.stderr)
-        return shape, (16, 14, 24), (1, 1, 8)
+        found = search(shape, sparsity=0.9, require_block_sparse=True, tiles=tiles, top=1)
+        if not found:
+            found = search(shape, sparsity=0.9, tiles=tiles, top=1)
+            print(f"# {shape}: no perfectly block-sparse config; the simulator's fastest: "
+                  f"w={found[0].window} s={found[0].stride} ({found[0].partial_tiles} of "
+                  f"{found[0].visited_tiles} tile visits partial)", file=sys.stderr)
+        return shape, found[0].window, found[0].stride
+    except Exception as e:  # simulator search not available: a known config
+        print(f"# simulator search unavailable ({e}); using a fixed config for {shape}", file=sys.stderr)
+        return shape, *fallback
 
 
 def cases():
-    cos = _cosmos_config()
+    cos = _block_sparse_config((16, 44, 80), ((16, 14, 24), (1, 1, 8)))  # Cosmos 720p latent
+    wan = _block_sparse_config((21, 45, 80), ((19, 24, 16), (1, 8, 16)))  # Wan 2.1 720p, 81 frames
     return {
         "flux_s16": ((256, 256), (80, 80), (16, 16), 0),
         "flux_s1": ((256, 256), (80, 80), (1, 1), 0),
@@ -67,6 +78,7 @@ def cases():
         "hunyuan_s1": ((30, 48, 80), (18, 24, 24), (1, 1, 1), 0),
         "cosmos_bs90": (cos[0], cos[1], cos[2], 0),
         "flux_s16_text512": ((256, 256), (80, 80), (16, 16), 512),
+        "wan_90": (wan[0], wan[1], wan[2], 0),
     }
 
 
@@ -119,7 +131,7 @@ def copy_bandwidth():
     return 2 * x.numel() * 2 / (t * 1e-3) / 1e9  # GB/s, read + write
 
 
-def run_case(name, cfg, check, flex_ok, log, gluon=False):
+def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
     from gna_compile.kernels import flex_backend, gluon_gna
     shape, window, stride, P = cfg
     spec = make_spec(shape, window, stride)
@@ -169,16 +181,23 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
                 res["gluon_applies"] = f"failed: {type(e).__name__}"
                 gluon_fn = None
 
-    flex_fn = None
+    flex_fn = flash_fn = None
     if flex_ok:
-        try:
-            fq = flex_backend.q_tile_for(spec, P, 0)
-            fqp, fkp, fvp = (permute_tokens_triton(t, shape, fq, P, 0) for t in (q, k, v))
-            flex_fn = lambda: flex_backend.run_permuted(fqp, fkp, fvp, spec, fq, P, 0, scale)  # noqa: E731
-            flex_fn()
-        except Exception as e:  # keep the table going; report why
-            log(f"# {name}: flex failed: {type(e).__name__}: {e}")
-            flex_fn = None
+        fq = flex_backend.q_tile_for(spec, P, 0)
+        fqp, fkp, fvp = (permute_tokens_triton(t, shape, fq, P, 0) for t in (q, k, v))
+
+        def flex_with(options):
+            fn = lambda: flex_backend.run_permuted(fqp, fkp, fvp, spec, fq, P, 0, scale,  # noqa: E731
+                                                   kernel_options=options)
+            try:
+                fn()
+                torch.cuda.synchronize()
+                return fn
+            except Exception as e:  # keep the table going; report why
+                log(f"# {name}: flex {options or ''} failed: {type(e).__name__}: {str(e)[:300]}")
+                return None
+        flex_fn = flex_with(None)
+        flash_fn = flex_with({"BACKEND": "FLASH"}) if flash_ok else None
 
     t0 = time.time()
     n_log = len(triton_gna._TUNE_LOG)
@@ -197,6 +216,12 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
         if flex_fn is not None:
             fo, _ = flex_fn()
             res["err_flex"] = rel_err(unpermute_tokens(fo[:, hs], shape, fq, P, 0), ref_o)
+        if flash_fn is not None:
+            fo, _ = flash_fn()
+            res["err_flash"] = rel_err(unpermute_tokens(fo[:, hs], shape, fq, P, 0), ref_o)
+            if not res["err_flash"] < 2e-2:
+                log(f"# {name}: flex-FLASH WRONG (err {res['err_flash']:.2e}); not timed")
+                flash_fn = None
         if gluon_fn is not None:
             go, gl_ = gluon_fn()
             res["err_gluon"] = rel_err(unpermute_tokens(go[:, hs], shape, qt, P, 0), ref_o)
@@ -221,7 +246,8 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
-    fns = {"cudnn_ms": cudnn, "flex_ms": flex_fn, "ours_ms": ours_perm, "ours_nat_ms": ours_nat,
+    fns = {"cudnn_ms": cudnn, "flex_ms": flex_fn, "flash_ms": flash_fn, "ours_ms": ours_perm,
+           "ours_nat_ms": ours_nat,
            "ours_perm_ms": ours_plus_perm, "permutes_ms": permutes}
     if gluon_fn is not None:
         fns["gluon_ms"] = gluon_fn
@@ -232,6 +258,8 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False):
     res["tflops"] = pairs * 4 * D / (best * 1e-3) / 1e12
     res["x_cudnn"] = res["cudnn_ms"] / best
     res["x_flex"] = res["flex_ms"] / best
+    res["x_flash"] = res["flash_ms"] / best
+    res["flash_tflops"] = pairs * 4 * D / (res["flash_ms"] * 1e-3) / 1e12
     res["flop_bound_x"] = (N * N) / attended_pairs(spec, P)
     res["sim_x"], res["block_sparse"], res["sim_penalty"] = sim_speedup(spec, qt, kt, P)
     res["perm_share"] = res["permutes_ms"] / res["ours_ms"]
@@ -275,6 +303,8 @@ def main():
     ap.add_argument("--check", action="store_true", help="verify every kernel against the reference first")
     ap.add_argument("--cases", default="", help="comma-separated subset of case names")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-flash", action="store_true",
+                    help="skip FlexAttention's FLASH backend (FlashAttention-4, needs its wheels)")
     ap.add_argument("--gluon", action="store_true", help="also time the experimental Gluon kernel")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (median), order rotated")
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="directory for results.json")
@@ -299,13 +329,14 @@ def main():
     results = []
     for name in names:
         t0 = time.time()
-        r = run_case(name, all_cases[name], args.check, not args.no_flex, log, args.gluon)
+        r = run_case(name, all_cases[name], args.check, not args.no_flex, log, args.gluon, not args.no_flash)
         r["wall_s"] = time.time() - t0
         results.append(r)
         log("# " + json.dumps({k_: (round(v_, 4) if isinstance(v_, float) else v_) for k_, v_ in r.items()
                                if k_ != "config"}))
-    hdr = (f"{'case':<18}{'N':>7} {'tiles':>14} {'cuDNN':>8} {'flex':>8} {'ours':>8} {'ours-nat':>8} "
-           f"{'ours+perm':>9} {'x-cuDNN':>7} {'x-flex':>6} {'TFLOP/s':>7} {'bound':>6} {'sim':>6} {'perm%':>6}")
+    hdr = (f"{'case':<18}{'N':>7} {'tiles':>14} {'cuDNN':>8} {'flex':>8} {'flash':>8} {'ours':>8} {'ours-nat':>8} "
+           f"{'ours+perm':>9} {'x-cuDNN':>7} {'x-flex':>6} {'x-flash':>7} {'TFLOP/s':>7} {'flashTF':>7} "
+           f"{'bound':>6} {'sim':>6} {'perm%':>6}")
     log("")
     log(f"GNA forward, B=1 H={H} D={D} bf16, median ms (do_bench), {dev}")
     log(hdr)
@@ -315,9 +346,9 @@ def main():
             log(f"{r['case']:<18}{r['N']:>7} {tiles:>14}  WRONG RESULT (see log), not timed")
             continue
         log(f"{r['case']:<18}{r['N']:>7} {tiles:>14} {r['cudnn_ms']:8.2f} {r['flex_ms']:8.2f} "
-            f"{r['ours_ms']:8.2f} {r['ours_nat_ms']:8.2f} {r['ours_perm_ms']:9.2f} {r['x_cudnn']:7.2f} "
-            f"{r['x_flex']:6.2f} {r['tflops']:7.0f} {r['flop_bound_x']:6.2f} {r['sim_x']:6.2f} "
-            f"{100 * r['perm_share']:5.1f}%")
+            f"{r['flash_ms']:8.2f} {r['ours_ms']:8.2f} {r['ours_nat_ms']:8.2f} {r['ours_perm_ms']:9.2f} "
+            f"{r['x_cudnn']:7.2f} {r['x_flex']:6.2f} {r['x_flash']:7.2f} {r['tflops']:7.0f} "
+            f"{r['flash_tflops']:7.0f} {r['flop_bound_x']:6.2f} {r['sim_x']:6.2f} {100 * r['perm_share']:5.1f}%")
     log("permutation bandwidth (Q,K,V permute + O unpermute): "
         + ", ".join(f"{r['case']} {r['perm_GBps']:.0f} GB/s ({100 * r['perm_GBps'] / bw:.0f}% of copy)"
                     for r in results if not r.get("wrong")))

@@ -35,18 +35,29 @@ def key_range(q: int, n: int, w: int, s: int = 1, d: int = 1, causal: bool = Fal
     return lo * d + r, hi * d + r
 
 
+def _min(a, b):
+    return torch.where(a < b, a, b)
+
+
+def _max(a, b):
+    return torch.where(a > b, a, b)
+
+
 def key_range_t(q: torch.Tensor, n: int, w: int, s: int = 1, d: int = 1, causal: bool = False):
-    """Tensor version of :func:`key_range` for an int64 tensor of query coordinates."""
+    """Tensor version of :func:`key_range` for an int64 tensor of query coordinates.
+
+    Written with ``torch.where`` only (no min/max/clamp): FlexAttention's FLASH backend
+    (CuTe DSL) lowers a mask_mod built from it, and its lowering rejects ``maximum``."""
     r, qd = q % d, q // d
-    nd = n // d + (r < n % d).to(q.dtype)
+    nd = n // d + torch.where(r < n % d, 1, 0)
     if causal:
-        leader = torch.minimum((qd // s) * s + s - 1, nd - 1)
-        lo, hi = (leader - w + 1).clamp_min(0), qd
+        leader = _min((qd // s) * s + s - 1, nd - 1)
+        lo, hi = _max(leader - w + 1, torch.zeros_like(leader)), qd
     else:
         wl = w // 2
         wr = w // 2 + w % 2 - 1
-        leader = torch.minimum((qd // s) * s + s // 2, nd - 1)
-        center = torch.maximum(torch.minimum(leader, nd - 1 - wr), torch.full_like(leader, wl))
+        leader = _min((qd // s) * s + s // 2, nd - 1)
+        center = _max(_min(leader, nd - 1 - wr), torch.full_like(leader, wl))
         lo, hi = center - wl, center + wr
     return lo * d + r, hi * d + r
 
