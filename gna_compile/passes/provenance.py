@@ -92,13 +92,14 @@ def dim_size(d) -> sympy.Expr:
     return sympy.expand(out)
 
 
-def _atoms(d):
+def atoms_of(d):
+    """Every atom a dim's factors come from (through concatenations)."""
     for f in d:
         if isinstance(f, Piece):
             yield f.atom
         else:
             for p in f.parts:
-                yield from _atoms(p)
+                yield from atoms_of(p)
 
 
 def format_dim(d) -> str:
@@ -315,7 +316,7 @@ class Provenance:
                     return "fresh"
                 if not dd or all(isinstance(f, Piece) and f.atom.kind == "bcast" for f in dd):
                     continue  # a broadcast operand carries no positions
-                if any(a.kind in SPATIAL_KINDS for a in _atoms(dd)):
+                if any(a.kind in SPATIAL_KINDS for a in atoms_of(dd)):
                     spatial.append(dd)
                 elif not self.data_dependent(x):
                     leaves.append(dd)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import sympy
 
 from .ops import op_key
-from .provenance import Cat, Piece, Provenance, format_dim
+from .provenance import Cat, Piece, Provenance, atoms_of, format_dim
 
 __all__ = ["Grid", "grid_of"]
 
@@ -63,7 +63,7 @@ def grid_of(prov: Provenance, d) -> Grid | str:
         others = [f for f in d if f.atom.kind != "conv"]
         if others:
             batch = prov.dim(conv.args[0], 0) or ()
-            chans = set(_atoms_of(prov.dim(conv.args[0], 1) or ()))
+            chans = set(atoms_of(prov.dim(conv.args[0], 1) or ()))
             for f in others:
                 if f not in batch:
                     return (f"axis {format_dim((f,))} beside the spatial axes of {conv.name} is not "
@@ -96,7 +96,7 @@ def _patchify_problem(prov: Provenance, d) -> str | None:
     inner = {Piece(f.atom, f.inner, sympy.Integer(1)) for f in patched}
     grid_atoms = {f.atom for f in d}
     src = d[0].atom
-    channels = {a for a in _atoms_of(prov.dim(src.node, 1, src.out) or ())}
+    channels = {a for a in atoms_of(prov.dim(src.node, 1, src.out) or ())}
     for node in prov.nodes:
         dims = prov.dims(node) if node.op == "call_function" and op_key(node) else None
         if not dims:
@@ -106,19 +106,10 @@ def _patchify_problem(prov: Provenance, d) -> str | None:
                 continue
             if any(isinstance(f, Piece) and f.atom in grid_atoms and f not in inner for f in feat):
                 continue  # that dim also holds patch coordinates: not a feature dim
-            if not channels or not channels & set(_atoms_of(feat)):
+            if not channels or not channels & set(atoms_of(feat)):
                 continue  # the input's channels (dim 1) are not among the features
             return None
     return (f"tokens {format_dim(d)} are patches of graph input {d[0].atom.node.name}, but no tensor "
             f"gathers the within-patch offsets and the input's channels (dim 1) into one feature dim "
             f"(not a channels-first patch embedding)")
-
-
-def _atoms_of(d):
-    for f in d:
-        if isinstance(f, Piece):
-            yield f.atom
-        else:
-            for p in f.parts:
-                yield from _atoms_of(p)
 
