@@ -13,14 +13,14 @@ kernel on permuted tensors; ours-nat = the same kernel reading/writing natural t
 + kernel + unpermute of O; x-cuDNN / x-flex / x-flash = speedups of min(ours, ours-nat); TFLOP/s (flashTF) =
 attended pairs x 4 x D / time of that best; bound = FLOP-wise speedup bound (N^2 / attended
 pairs, extras included); sim = simulator's predicted speedup over dense (tile visits, partial
-tiles weighted by the kernel's measured mask penalty, triton_gna.PARTIAL_PENALTY); perm% = (permute Q,K,V + unpermute
+tiles weighted by the kernel's measured mask penalty, tile_choice.PARTIAL_PENALTY); perm% = (permute Q,K,V + unpermute
 O) / kernel time. ``--check`` first compares ours, ours-nat and flex with the reference on
 two heads (relative L2 error) and refuses to time a wrong kernel. Every time is the median
 of ``--rounds`` do_bench medians taken in rotated order (spreads are in the JSON).
-The autotuner (triton_gna.gna_forward) picks, per problem, among the Triton kernel's launch
+The autotuner (kernels/hopper/forward.gna_forward) picks, per problem, among the Triton kernel's launch
 configs and, for perfectly block-sparse calls in tiled order, the Gluon kernel's variants
-(kernels/gluon_gna.py); the table prints its choice. ``--gluon`` also times the Gluon kernel alone
-(gluon_gna.FORCED) where it applies, checked like the others, in the same rounds.
+(kernels/hopper/gluon_fwd.py); the table prints its choice. ``--gluon`` also times the Gluon kernel alone
+(configs.GLUON_FORCED) where it applies, checked like the others, in the same rounds.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ import torch.nn.functional as F  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
-from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels import tile_choice  # noqa: E402
+from gna_compile.kernels.hopper import autotune, forward, gluon_launch  # noqa: E402
+from gna_compile.kernels.hopper.configs import GLUON_FORCED  # noqa: E402
 from gna_compile.kernels.permute import unpermute_tokens  # noqa: E402
 from gna_compile.kernels.reference import reference_attention  # noqa: E402
 from gna_compile.kernels.triton_permute import permute_tokens_triton, unpermute_tokens_triton  # noqa: E402
@@ -120,7 +122,7 @@ def attended_pairs(spec, P, S=0):
 def sim_speedup(spec, qt, kt, P):
     from gna_compile.sim import simulate
     r = simulate(spec.shape, spec.window, spec.stride, spec.dilation, spec.causal, qt, kt, P, 0,
-                 mask_penalty=triton_gna.PARTIAL_PENALTY)
+                 mask_penalty=tile_choice.PARTIAL_PENALTY)
     return r.tile_speedup_with_extras, r.perfectly_block_sparse, r.mask_penalty
 
 
@@ -132,11 +134,11 @@ def copy_bandwidth():
 
 
 def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
-    from gna_compile.kernels import flex_backend, gluon_gna
+    from gna_compile.kernels import flex_backend
     shape, window, stride, P = cfg
     spec = make_spec(shape, window, stride)
     N = P + spec.num_tokens
-    qt, kt = triton_gna.choose_tiles(spec, P, 0)
+    qt, kt = tile_choice.choose_tiles(spec, P, 0)
     q, k, v = (torch.randn(1, H, N, D, device="cuda", dtype=DTYPE) for _ in range(3))
     res = dict(case=name, shape=shape, window=window, stride=stride, extra_prefix=P, N=N,
                q_tile=qt, kv_tile=kt)
@@ -149,14 +151,14 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
     l_p = torch.empty(1, H, qp.shape[2], device="cuda", dtype=torch.float32)
 
     def ours_nat():
-        return triton_gna.gna_forward(q, k, v, spec, qt, kt, P, 0, scale, natural=True, out=o_nat, lse=l_nat)
+        return forward.gna_forward(q, k, v, spec, qt, kt, P, 0, scale, natural=True, out=o_nat, lse=l_nat)
 
     def ours_perm():
-        return triton_gna.gna_forward(qp, kp, vp, spec, qt, kt, P, 0, scale, natural=False, out=o_p, lse=l_p)
+        return forward.gna_forward(qp, kp, vp, spec, qt, kt, P, 0, scale, natural=False, out=o_p, lse=l_p)
 
     def ours_plus_perm():
         a, b, c = perm(q), perm(k), perm(v)
-        o, _ = triton_gna.gna_forward(a, b, c, spec, qt, kt, P, 0, scale, natural=False)
+        o, _ = forward.gna_forward(a, b, c, spec, qt, kt, P, 0, scale, natural=False)
         return unpermute_tokens_triton(o, shape, qt, P, 0)
 
     def permutes():
@@ -165,14 +167,14 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
 
     gluon_fn = None
     if gluon:
-        why = gluon_gna.unsupported_reason(qp, kp, vp, spec, qt, kt, P, 0, None, False)
+        why = gluon_launch.unsupported_reason(qp, kp, vp, spec, qt, kt, P, 0, None, False)
         res["gluon_applies"] = why or "yes"
         if why is None:
             o_g = torch.empty_like(qp)
             l_g = torch.empty(1, H, qp.shape[2], device="cuda", dtype=torch.float32)
-            _, stages, stale = gluon_gna.FORCED
-            gluon_fn = lambda: gluon_gna.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g,  # noqa: E731
-                                                           extra_prefix=P, stages=stages, stale=stale)
+            gluon_fn = lambda: gluon_launch.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g,  # noqa: E731
+                                                           extra_prefix=P, stages=GLUON_FORCED.stages,
+                                                              stale=GLUON_FORCED.stale)
             try:
                 gluon_fn()
                 torch.cuda.synchronize()
@@ -200,11 +202,11 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
         flash_fn = flex_with({"BACKEND": "FLASH"}) if flash_ok else None
 
     t0 = time.time()
-    n_log = len(triton_gna._TUNE_LOG)
+    n_log = len(autotune.TUNE_LOG)
     ours_nat()
     ours_perm()
     res["compile_s"] = time.time() - t0
-    res["tune"] = [(list(c), round(t, 3)) for c, t in triton_gna._TUNE_LOG[n_log:]]
+    res["tune"] = [(str(c), round(t, 3)) for c, t in autotune.TUNE_LOG[n_log:]]
     if check:
         hs = slice(0, 2)
         ref_o, ref_l = reference_attention(q[:, hs].float(), k[:, hs].float(), v[:, hs].float(), spec, P, 0, scale)
@@ -269,8 +271,7 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
         res["gluon_tflops"] = pairs * 4 * D / (res["gluon_ms"] * 1e-3) / 1e12
     perm_bytes = (4 * q.numel() + 4 * qp.numel()) * q.element_size()
     res["perm_GBps"] = perm_bytes / (res["permutes_ms"] * 1e-3) / 1e9
-    res["config"] = {str(k_): v_ for k_, v_ in triton_gna._CONFIG_CACHE.items() if k_[1] == tuple(qt)}
-    res["chosen"] = {("nat" if k_[10] else "tiled"): list(v_) for k_, v_ in triton_gna._CONFIG_CACHE.items()
+    res["chosen"] = {("nat" if k_[10] else "tiled"): str(v_) for k_, v_ in autotune.CACHE.items()
                      if k_[:5] == (tuple(spec.dims()), tuple(qt), tuple(kt), P, 0)}
     return res
 
@@ -278,7 +279,7 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
 def mask_penalty_fit(results, all_cases) -> str:
     """The simulator's MASK_PENALTY from this run: the cost of one full 128x128-token tile visit
     from the cases with no partial tiles, then, for the others, what a partial visit costs in
-    full visits (tile visits from triton_gna.tile_stats, natural-order kernel, per head)."""
+    full visits (tile visits from tile_choice.tile_stats, natural-order kernel, per head)."""
     rows = {r["case"]: r for r in results if not r.get("wrong")}
     unit, parts = [], []
     for name, r in rows.items():
@@ -286,7 +287,7 @@ def mask_penalty_fit(results, all_cases) -> str:
         if P:
             continue
         spec = make_spec(shape, window, stride)
-        vis, full, _, _ = triton_gna.tile_stats(spec, r["q_tile"], r["kv_tile"])
+        vis, full, _, _ = tile_choice.tile_stats(spec, r["q_tile"], r["kv_tile"])
         size = math.prod(r["q_tile"]) * math.prod(r["kv_tile"]) / 128 ** 2
         (unit if vis == full else parts).append((name, r["ours_nat_ms"] / H, full * size, (vis - full) * size))
     if not unit or not parts:
@@ -295,7 +296,7 @@ def mask_penalty_fit(results, all_cases) -> str:
     fits = [f"{n} {(t - f * per_full) / (p * per_full):.2f}" for n, t, f, p in parts if p]
     return (f"mask penalty fit: full 128x128 visit {1e3 * per_full:.4f} us per head "
             f"({', '.join(n for n, *_ in unit)}); partial visit in full visits: " + ", ".join(fits)
-            + f" (simulator uses {triton_gna.PARTIAL_PENALTY})")
+            + f" (simulator uses {tile_choice.PARTIAL_PENALTY})")
 
 
 def main():
@@ -358,7 +359,7 @@ def main():
                                f"{r['gluon_x_cudnn']:.2f}, {r['gluon_tflops']:.0f} TFLOP/s"
                                if "gluon_ms" in r else f"not timed ({r.get('gluon_applies')})")
             for r in results if not r.get("wrong")))
-    log("autotuned launch config (tiled / natural order; (\"gluon\", stages, stale) is the Gluon kernel): "
+    log("autotuned launch config (tiled / natural order): "
         + ", ".join(f"{r['case']} {r.get('chosen', {}).get('tiled')} / {r.get('chosen', {}).get('nat')}"
                     for r in results if not r.get("wrong")))
     fit = mask_penalty_fit(results, all_cases)

@@ -26,7 +26,9 @@ CUDA = torch.cuda.is_available()
 if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels.hopper import forward, triton_fwd  # noqa: E402
+from gna_compile.kernels.hopper.configs import TritonConfig  # noqa: E402
+from gna_compile.kernels.tile_choice import choose_tiles, tile_stats  # noqa: E402
 from gna_compile.kernels.triton_permute import permute_tokens_triton, unpermute_tokens_triton  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
@@ -81,8 +83,8 @@ def _launch(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=True, confi
     B, H, N, D = q.shape
     out = torch.full((B, H, N, D), float("nan"), dtype=q.dtype, device=q.device)
     lse = torch.full((B, H, N), float("nan"), dtype=torch.float32, device=q.device)
-    return triton_gna.gna_forward(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=natural,
-                                  out=out, lse=lse, config=config, grid_visible=grid_visible)
+    return forward.gna_forward(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=natural,
+                               out=out, lse=lse, config=config, grid_visible=grid_visible)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -101,7 +103,7 @@ def test_kernel_matches_reference(name):
                                   "3d_full_box_2x2x2"])
 @pytest.mark.parametrize("natural", [True, False])
 def test_softmax_variants_match_reference(name, fma_exp, stale, natural):
-    """Launch-config fields 4 (exponentials partly on the FMA pipe) and 5 (frozen row max in
+    """Launch configs with fma_exp (exponentials partly on the FMA pipe) and stale (frozen row max in
     the unmasked loop): same results in 16 bits."""
     shape, w, s, d, c, qt, kt, P, S, H, Hkv, D = CASES[name]
     spec = make_spec(shape, w, s, d, c)
@@ -109,7 +111,7 @@ def test_softmax_variants_match_reference(name, fma_exp, stale, natural):
     q, k, v = _inputs(spec, P, S, H, Hkv, D, dtype)
     if not natural:
         q, k, v = (permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
-    out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False, natural, config=(4, 2, 0, fma_exp, stale))
+    out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False, natural, config=TritonConfig(4, 2, fma_exp=fma_exp, stale=bool(stale)))
     if not natural:
         out, lse = _unpermute_out(out, lse, spec.shape, qt, P, S)
         q, k, v = (unpermute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v))
@@ -131,14 +133,35 @@ def test_frozen_max_falls_back_when_a_later_score_is_far_above(gap):
     scale = gap / (D * 1.4426950408889634)  # q.k = D on the hot keys -> gap in log2 units
     v = torch.randn(1, H, 64, D)
     q, k, v = (t.to(DEV, dtype) for t in (q, k, v))
-    out, lse = _launch(q, k, v, spec, (16,), (16,), 0, 0, scale, None, False, True, config=(4, 2, 0, 0, 1))
+    out, lse = _launch(q, k, v, spec, (16,), (16,), 0, 0, scale, None, False, True, config=TritonConfig(4, 2, stale=True))
     _check(out, lse, *_ref(q, k, v, spec, 0, 0, scale, None), dtype)
+
+
+@triton.jit
+def _krange_probe(LO, HI, n, w, s, d, N: tl.constexpr, CAUSAL: tl.constexpr, DIL: tl.constexpr):
+    q = tl.arange(0, N)
+    lo, hi = triton_fwd._krange(tl.minimum(q, n - 1), n, w, s, d, CAUSAL, DIL)
+    tl.store(LO + q, lo)
+    tl.store(HI + q, hi)
+
+
+@pytest.mark.parametrize("n,w,s,d,c", [(37, 9, 3, 1, False), (40, 8, 8, 1, True), (23, 5, 2, 3, False),
+                                        (23, 4, 4, 2, True), (16, 16, 1, 1, False), (9, 2, 1, 4, True)])
+def test_device_window_rule_is_the_mask_rule(n, w, s, d, c):
+    """triton_fwd._krange (the device spelling of the window rule) equals mask.key_range for
+    every query, with and without dilation and causality."""
+    from gna_compile.mask import key_range
+    lo = torch.empty(64, dtype=torch.int32, device=DEV)
+    hi = torch.empty_like(lo)
+    _krange_probe[(1,)](lo, hi, n, w, s, d, N=64, CAUSAL=c, DIL=d > 1)
+    got = list(zip(lo.tolist()[:n], hi.tolist()[:n]))
+    assert got == [key_range(q, n, w, s, d, c) for q in range(n)]
 
 
 @triton.jit
 def _exp2_fma_probe(X, Y, N: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(Y + offs, triton_gna._exp2_fma(tl.load(X + offs)))
+    tl.store(Y + offs, triton_fwd._exp2_fma(tl.load(X + offs)))
 
 
 def test_exp2_fma_accuracy():
@@ -159,11 +182,11 @@ def test_cases_cover_full_and_partial_tiles():
     """The cases must exercise both loops: unmasked full tiles and masked partial tiles."""
     full = partial = 0
     for shape, w, s, d, c, qt, kt, *_ in CASES.values():
-        vis, f, _, _ = triton_gna.tile_stats(make_spec(shape, w, s, d, c), qt, kt)
+        vis, f, _, _ = tile_stats(make_spec(shape, w, s, d, c), qt, kt)
         full += f
         partial += vis - f
     assert full > 0 and partial > 0
-    vis, f, _, _ = triton_gna.tile_stats(make_spec((64,), 48, 16), (16,), (16,))
+    vis, f, _, _ = tile_stats(make_spec((64,), 48, 16), (16,), (16,))
     assert vis == f, "1d_block_sparse must be perfectly block-sparse"
 
 
@@ -200,7 +223,7 @@ def test_key_mask_that_hides_no_grid_key_takes_the_unmasked_loop(natural, stale)
     mask[1] = torch.rand(N) > 0.3
     mask = mask.to(DEV)
     qt, kt = (2, 8), (2, 8)
-    cfg = (4, 2, 0, 0, stale)
+    cfg = TritonConfig(4, 2, stale=bool(stale))
     if natural:
         out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, mask.to(torch.int8), True, True, config=cfg)
     else:
@@ -210,7 +233,7 @@ def test_key_mask_that_hides_no_grid_key_takes_the_unmasked_loop(natural, stale)
         assert visible.tolist() == [True, False]
         out, lse = _unpermute_out(*_launch(qp, kp, vp, spec, qt, kt, P, S, None, km, True, False, config=cfg,
                                            grid_visible=visible), shape, qt, P, S)
-    vis, full, _, _ = triton_gna.tile_stats(spec, qt, kt)
+    vis, full, _, _ = tile_stats(spec, qt, kt)
     assert full > 0
     _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
@@ -234,7 +257,7 @@ def test_backend_and_permuted_entry_point(monkeypatch):
         mask[0, 0] = False
         if hide_grid_key:
             mask[0, P + 4] = False
-        out, lse = _unpermute_out(*triton_gna.gna_attention_permuted(qp, kp, vp, spec, qt, kt, P, S, None,
+        out, lse = _unpermute_out(*forward.gna_attention_permuted(qp, kp, vp, spec, qt, kt, P, S, None,
                                                                      KeyMask(mask, True)), shape, qt, P, S)
         _check(out, lse, *_ref(q, k, v, spec, P, S, None, mask), dtype)
 
@@ -251,7 +274,7 @@ def test_backend_refuses_unsupported(monkeypatch):
     assert why_not(q, q, q, spec, 0, 0, None, None) is None
     assert "scale" in why_not(q, q, q, spec, 0, 0, -0.5, None)  # row max before scaling: needs > 0
     with pytest.raises(ValueError, match="scale"):
-        triton_gna.gna_forward(q, q, q, spec, (16,), (16,), 0, 0, 0.0)
+        forward.gna_forward(q, q, q, spec, (16,), (16,), 0, 0, 0.0)
     assert "too small" in why_not(q[:, :, :5], q[:, :, :5], q[:, :, :5], make_spec((5,), 2), 0, 0, None, None)
     if not CUDA:  # without the opt-in, "auto" must keep the reference on the CPU
         monkeypatch.delenv("GNA_TRITON_ON_CPU")
@@ -276,7 +299,7 @@ def test_gpu_paper_like_shapes(dtype):
                               ((40, 72), (24, 24), (1, 1), 64, 0),
                               ((20, 24, 40), (7, 9, 9), (1, 3, 1), 0, 0)]:
         spec = make_spec(shape, w, s)
-        qt, kt = triton_gna.choose_tiles(spec, P, S)
+        qt, kt = choose_tiles(spec, P, S)
         q, k, v = _inputs(spec, P, S, 4, 2, 128, dtype)
         out, lse = _launch(q, k, v, spec, qt, kt, P, S, None, None, False)
         _check(out, lse, *_ref(q, k, v, spec, P, S, None, None), dtype)
@@ -292,7 +315,7 @@ def test_gpu_int64_offsets():
     N = spec.num_tokens
     assert H * N * D > 2 ** 31
     q, k, v = (torch.randn(1, H, N, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
-    qt, kt = triton_gna.choose_tiles(spec)
+    qt, kt = choose_tiles(spec)
     out, lse = _launch(q, k, v, spec, qt, kt, 0, 0, None, None, False)
     h = slice(H - 2, H)
     ref = _ref(q[:, h], k[:, h], v[:, h], spec, 0, 0, None, None)

@@ -26,7 +26,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver as _driver  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
-from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels.hopper import triton_fwd, triton_launch  # noqa: E402
 from gna_compile.kernels.permute import padded_shape  # noqa: E402
 
 CASES = {  # name: (shape, window, stride, extra_prefix, q_tile, kv_tile)
@@ -66,18 +66,18 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
     km = torch.ones(1, N, dtype=torch.int8) if key_mask else None
     gv = torch.ones(1, dtype=torch.int32) if key_mask else None
     extra = dict(grid_visible=gv) if key_mask else {}
-    grid, args, meta = triton_gna.launch_args(q, k, v, spec, qt, kt, P, 0, None, km, key_mask,
-                                              natural, o, lse, tma=tma, **extra)
+    grid, args, meta = triton_launch.launch_args(q, k, v, spec, qt, kt, P, 0, None, km, key_mask,
+                                                 natural, o, lse, tma=tma, **extra)
     meta.update(variant or {})
     nw, ns, ws = config
-    return triton_gna._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns,
-                                          enable_fp_fusion=True)
+    return triton_fwd._gna_fwd.warmup(*args, grid=grid, **meta, WS=bool(ws), num_warps=nw, num_stages=ns,
+                                      enable_fp_fusion=True)
 
 
 def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, stale=False, redo=False):
-    """The Gluon kernel (gna_compile/kernels/gluon_gna.py) for a perfectly block-sparse case;
+    """The Gluon kernel (gna_compile/kernels/hopper/gluon_fwd.py) for a perfectly block-sparse case;
     ``heads_in_columns``: q/k/v as views of one packed [B, N, 3, H, D] buffer."""
-    from gna_compile.kernels import gluon_gna
+    from gna_compile.kernels.hopper import gluon_fwd, gluon_launch
     shape, w, s, P, qt, kt = CASES[name]
     spec = make_spec(shape, w, s)
     H, N = 2, P + spec.num_tokens
@@ -88,12 +88,12 @@ def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, sta
         q, k, v = (torch.empty(1, H, N, head_dim, dtype=torch.bfloat16) for _ in range(3))
     o = torch.empty(1, H, N, head_dim, dtype=torch.bfloat16)
     lse = torch.empty(1, H, N, dtype=torch.float32)
-    why = gluon_gna.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False, o)
+    why = gluon_launch.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False, o)
     if why:
         raise SystemExit(f"{name}: the Gluon kernel does not apply: {why}")
-    grid, args, meta = gluon_gna.launch_args(q, k, v, spec, qt, o, lse, None, P, 0)
-    return gluon_gna._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8, NS=stages, STALE=stale, REDO=redo,
-                                           enable_fp_fusion=True)
+    grid, args, meta = gluon_launch.launch_args(q, k, v, spec, qt, o, lse, None, P, 0)
+    return gluon_fwd._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8, NS=stages, STALE=stale,
+                                           REDO=redo, enable_fp_fusion=True)
 
 
 def _cubin_tool(kernel, tool, *flags) -> str:
@@ -174,7 +174,7 @@ def main():
     ap.add_argument("--config", default="8,3,0", help="num_warps,num_stages,warp_specialize")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra kernel constexpr, e.g. FMA_EXP=2 (repeatable)")
-    ap.add_argument("--gluon", action="store_true", help="the Gluon kernel (gluon_gna.py) instead")
+    ap.add_argument("--gluon", action="store_true", help="the Gluon kernel (hopper/gluon_fwd.py) instead")
     ap.add_argument("--head-dim", type=int, default=128, help="head dim (--gluon only)")
     ap.add_argument("--packed", action="store_true", help="q/k/v as views of a packed QKV buffer (--gluon only)")
     ap.add_argument("--stages", type=int, default=2, help="K/V stages (--gluon only)")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 
+from .. import settings
 from .reference import reference_attention
 
 __all__ = ["KeyMask", "register_backend", "available_backends", "run_gna", "dense_attention", "dense_mode"]
@@ -87,7 +87,7 @@ def _log_once(msg: str) -> None:
 def forced_backend(backend: str) -> str:
     """``"auto"`` becomes ``$GNA_COMPILE_BACKEND`` when that is set (e.g. ``reference``, to
     check a compiled model against the ground truth without recompiling it)."""
-    return os.environ.get("GNA_COMPILE_BACKEND", backend) if backend == "auto" else backend
+    return (settings.forced_backend() or backend) if backend == "auto" else backend
 
 
 def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend: str = "auto",

@@ -116,7 +116,7 @@ def _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km):
     """The Triton kernel on tiled-order tensors, or None where it does not support the call."""
     try:
         from .triton_backend import why_not
-        from .triton_gna import gna_attention_permuted
+        from .hopper import gna_attention_permuted
     except ImportError:
         return None
     if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:

@@ -1,4 +1,4 @@
-"""Backend "triton": the Hopper GNA kernel (gna_compile.kernels.triton_gna) behind the op.
+"""Backend "triton": the Hopper GNA kernels (gna_compile.kernels.hopper) behind the op.
 
 Runs on natural-order tensors: the kernel gathers Q/K/V rows and scatters O rows by tile
 coordinates itself, so no permutation pass is needed here (``gna_attention_permuted`` is the
@@ -10,11 +10,12 @@ backend="auto" keeps the reference there.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
+from .. import settings
 from .dispatch import register_backend
+from .hopper.constants import TRITON_HEAD_DIMS
 
 try:
     import triton  # noqa: F401
@@ -27,22 +28,17 @@ __all__ = ["why_not", "run"]
 _GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     """None if the Triton kernel can run this call, else the reason."""
     if _TRITON_ERR is not None:
         return _TRITON_ERR
-    from .triton_gna import SUPPORTED_HEAD_DIMS
     if q.is_cuda:
         major, minor = torch.cuda.get_device_capability(q.device)
         if major < 8:
             return f"GPU compute capability {major}.{minor} < 8.0"
         if q.dtype not in _GPU_DTYPES:
             return f"dtype {q.dtype} (the kernel takes float16/bfloat16)"
-    elif not (_interpret() and q.device.type == "cpu" and os.environ.get("GNA_TRITON_ON_CPU") == "1"):
+    elif not (settings.interpret() and q.device.type == "cpu" and settings.triton_on_cpu()):
         # The interpreter is for tests: opt in, so "auto" keeps the reference on the CPU.
         return f"device {q.device.type} (needs CUDA, or TRITON_INTERPRET=1 and GNA_TRITON_ON_CPU=1 on the CPU)"
     elif q.dtype not in (*_GPU_DTYPES, torch.float32):
@@ -50,8 +46,8 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=No
     if not (k.dtype == v.dtype == q.dtype):
         return "q, k, v dtypes differ"
     D = q.shape[-1]
-    if D not in SUPPORTED_HEAD_DIMS or k.shape[-1] != D or v.shape[-1] != D:
-        return f"head dims q/k/v = {D}/{k.shape[-1]}/{v.shape[-1]} (need equal, one of {SUPPORTED_HEAD_DIMS})"
+    if D not in TRITON_HEAD_DIMS or k.shape[-1] != D or v.shape[-1] != D:
+        return f"head dims q/k/v = {D}/{k.shape[-1]}/{v.shape[-1]} (need equal, one of {TRITON_HEAD_DIMS})"
     if q.shape[1] % k.shape[1]:
         return f"{q.shape[1]} query heads not a multiple of {k.shape[1]} kv heads"
     if scale is not None and not scale > 0:
@@ -72,7 +68,7 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=No
 
 def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     from .tile_choice import choose_tiles
-    from .triton_gna import gna_forward
+    from .hopper import gna_forward
     q_tile, kv_tile = tiles if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     km, grid_mask = None, False

@@ -44,6 +44,18 @@ def _ranges(n: int, w: int, s: int, d: int, causal: bool) -> tuple[tuple[int, ..
     return lo, hi
 
 
+def full_tile_ranges(n: int, w: int, s: int, causal: bool, tq: int, tk: int) -> tuple[tuple[int, int], ...]:
+    """Per Q tile of one dim (no dilation): the KV tiles ``[lo, hi]`` that every query of the
+    tile sees completely (``hi < lo``: none). What dim_stats counts as full, as ranges: the
+    Gluon kernel reads them instead of evaluating the window rule on the device."""
+    lo, hi = _ranges(n, w, s, 1, causal)
+    out = []
+    for q0 in range(0, n, tq):
+        q1 = min(q0 + tq, n) - 1
+        out.append((_cdiv(lo[q1], tk), (hi[q0] + 1) // tk - 1))
+    return tuple(out)
+
+
 @lru_cache(maxsize=1 << 16)
 def dim_stats(n: int, w: int, s: int, d: int, causal: bool, tq: int, tk: int) -> DimStats:
     """Per-dim tile counts (arguments already validated).

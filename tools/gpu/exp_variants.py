@@ -24,7 +24,9 @@ import torch  # noqa: E402
 
 import kernels as kb  # noqa: E402  (benchmarks/kernels.py: cases, timing, errors)
 from gna_compile.config import make_spec  # noqa: E402
-from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels.hopper import forward, triton_launch  # noqa: E402
+from gna_compile.kernels.hopper.configs import TritonConfig  # noqa: E402
+from gna_compile.kernels.tile_choice import choose_tiles  # noqa: E402
 from gna_compile.kernels.permute import unpermute_tokens  # noqa: E402
 from gna_compile.kernels.reference import reference_attention  # noqa: E402
 from gna_compile.kernels.triton_permute import permute_tokens_triton  # noqa: E402
@@ -36,7 +38,7 @@ def run(name, cfg):
     shape, window, stride, P = cfg
     spec = make_spec(shape, window, stride)
     N = P + spec.num_tokens
-    qt, kt = triton_gna.choose_tiles(spec, P, 0)
+    qt, kt = choose_tiles(spec, P, 0)
     H, D = kb.H, kb.D
     q, k, v = (torch.randn(1, H, N, D, device="cuda", dtype=kb.DTYPE) for _ in range(3))
     qp, kp, vp = (permute_tokens_triton(t, shape, qt, P, 0) for t in (q, k, v))
@@ -49,12 +51,12 @@ def run(name, cfg):
         for nat in (False, True):
             a = (q, k, v) if nat else (qp, kp, vp)
             fn = (lambda a=a, c=c, nat=nat:  # noqa: E731
-                  triton_gna.gna_forward(*a, spec, qt, kt, P, 0, None, natural=nat, config=c))
+                  forward.gna_forward(*a, spec, qt, kt, P, 0, None, natural=nat, config=TritonConfig(*c)))
             o, _ = fn()
             o = o if nat else unpermute_tokens(o, shape, qt, P, 0)
             key = f"fx{fx}s{st}_{'nat' if nat else 'perm'}"
             res[f"err_{key}"] = err = kb.rel_err(o[:, hs], ref_o)
-            kk = triton_gna._LAST_KERNEL[0]
+            kk = triton_launch.LAST_KERNEL[0]
             res[f"regs_{key}"] = getattr(kk, "n_regs", None)
             res[f"spills_{key}"] = getattr(kk, "n_spills", None)
             fns[f"{key}_ms"] = fn if err < 2e-2 else None
@@ -73,7 +75,7 @@ def run_text_mask(shape=(30, 48, 80), window=(18, 24, 24), stride=(16, 8, 8), te
     from gna_compile.kernels.dispatch import KeyMask
     from gna_compile.kernels.permute import permute_tokens
     spec = make_spec(shape, window, stride)
-    qt, kt = triton_gna.choose_tiles(spec, 0, text)
+    qt, kt = choose_tiles(spec, 0, text)
     H, D = kb.H, kb.D
     N = spec.num_tokens + text
     q, k, v = (torch.randn(1, H, N, D, device="cuda", dtype=kb.DTYPE) for _ in range(3))
@@ -89,11 +91,11 @@ def run_text_mask(shape=(30, 48, 80), window=(18, 24, 24), stride=(16, 8, 8), te
     ref_o, _ = reference_attention(q[:, hs].float(), k[:, hs].float(), v[:, hs].float(), spec, 0, text, None, mask)
     res, fns = dict(case="hunyuan_text_mask", q_tile=qt, kv_tile=kt, text=text, padded=padded), {}
     for name, fn in (
-            ("masked_full_ms", lambda: triton_gna.gna_forward(qp, kp, vp, spec, qt, kt, 0, text, None, km, True,
+            ("masked_full_ms", lambda: forward.gna_forward(qp, kp, vp, spec, qt, kt, 0, text, None, km, True,
                                                              natural=False)),
-            ("visible_ms", lambda: triton_gna.gna_attention_permuted(qp, kp, vp, spec, qt, kt, 0, text, None,
+            ("visible_ms", lambda: forward.gna_attention_permuted(qp, kp, vp, spec, qt, kt, 0, text, None,
                                                                     KeyMask(mask, True))),
-            ("no_mask_ms", lambda: triton_gna.gna_forward(qp, kp, vp, spec, qt, kt, 0, text, None, natural=False))):
+            ("no_mask_ms", lambda: forward.gna_forward(qp, kp, vp, spec, qt, kt, 0, text, None, natural=False))):
         o, _ = fn()
         err = kb.rel_err(unpermute_tokens(o, shape, qt, 0, text)[:, hs], ref_o)
         res["err_" + name[:-3]] = err

@@ -1,4 +1,4 @@
-"""Device run: the experimental Gluon kernel (gna_compile/kernels/gluon_gna.py) on a ladder of
+"""Device run: the experimental Gluon kernel (gna_compile/kernels/hopper/gluon_fwd.py) on a ladder of
 perfectly block-sparse problems, from one KV tile per Q tile up to the paper's shapes.
 
 Its first run on a GPU, so this script is made to localise a failure, not just to report one:
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
-from gna_compile.kernels import gluon_gna  # noqa: E402
+from gna_compile.kernels.hopper import gluon_launch  # noqa: E402
 from gna_compile.kernels.permute import permute_tokens, unpermute_tokens  # noqa: E402
 from gna_compile.kernels.reference import reference_attention  # noqa: E402
 
@@ -59,13 +59,13 @@ def rung(name, overlap, stages=2, stale=False):
         for i, t in enumerate(tiled):
             buf[:, :, i] = t.transpose(1, 2)
         tiled = [buf[:, :, i].transpose(1, 2) for i in range(3)]
-    why = gluon_gna.unsupported_reason(*tiled, spec, qt, qt, P, S, None, False)
+    why = gluon_launch.unsupported_reason(*tiled, spec, qt, qt, P, S, None, False)
     if why:
         return dict(case=name, overlap=overlap, skipped=why)
     out = torch.full((B, H, N, D), float("nan"), device="cuda", dtype=dtype)
     lse = torch.full((B, H, N), float("nan"), device="cuda")
     try:
-        gluon_gna.gna_forward_gluon(*tiled, spec, qt, 0.8 / math.sqrt(D), out, lse, overlap=overlap,
+        gluon_launch.gna_forward_gluon(*tiled, spec, qt, 0.8 / math.sqrt(D), out, lse, overlap=overlap,
                                     extra_prefix=P, extra_suffix=S, stages=stages, stale=stale)
         torch.cuda.synchronize()
     except Exception as e:  # report and go on with the ladder

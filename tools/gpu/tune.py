@@ -12,7 +12,8 @@ import torch  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
-from gna_compile.kernels import triton_gna  # noqa: E402
+from gna_compile.kernels.hopper import forward, triton_launch  # noqa: E402
+from gna_compile.kernels.hopper.configs import TritonConfig  # noqa: E402
 from gna_compile.kernels.triton_permute import permute_tokens_triton  # noqa: E402
 
 H, D = 24, 128
@@ -45,9 +46,10 @@ def main():
                 a = (q, k, v) if natural else (qp, kp, vp)
                 for cfg in cfgs:
                     try:
-                        fn = lambda: triton_gna.gna_forward(*a, spec, qt, kt, P, 0, None, natural=natural, config=cfg)  # noqa: E731
+                        fn = lambda: forward.gna_forward(*a, spec, qt, kt, P, 0, None, natural=natural,  # noqa: E731
+                                                         config=TritonConfig(*cfg))
                         fn()
-                        kk = triton_gna._LAST_KERNEL[0]
+                        kk = triton_launch.LAST_KERNEL[0]
                         t = do_bench(fn, warmup=30, rep=150, return_mode="median")
                         info = f"regs {kk.n_regs} spills {kk.n_spills} smem {kk.metadata.shared}"
                     except Exception as e:

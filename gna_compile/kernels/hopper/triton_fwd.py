@@ -1,4 +1,4 @@
-"""Hopper GNA forward kernel in Triton: kernel, tile choice and launch configs together.
+"""Hopper GNA forward kernel in Triton: the device code (launch: triton_launch.py).
 
 One program per (Q tile, head, batch). A Q tile is a box of the token grid (DESIGN.md §2);
 per dim the kernel computes, with a few scalar integer ops, the range of KV tiles its queries'
@@ -15,32 +15,22 @@ Extra (non-grid) tokens: grid queries also walk the extra keys (whole tiles unma
 masked); extra-token queries are programs of their own, scheduled first (they are the longest),
 that run the same loops with the whole grid as their box. Softmax is online, fp32, base 2
 (log2(e) folded into the scale); LSE is natural-log fp32. No warp specialisation by default.
-Tile shapes come from tile_choice.py. Measurements and tuning history: benchmarks/NOTES.md.
+``_krange`` is the device spelling of gna_compile.mask.key_range (the GNA window rule); the
+tests check the two against each other. Measurements and tuning history: benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
 
-import math
-import os
-
-import torch
 import triton
 import triton.language as tl
 
-from . import gluon_gna
-from ..sim.tiles import is_kv_subtile
-from .tile_choice import PARTIAL_PENALTY, choose_tiles, kv_tiles_for, tile_stats
+from . import constants as C
 
-__all__ = ["gna_forward", "gna_attention_permuted", "launch_args", "SUPPORTED_HEAD_DIMS",
-           # tile choice (tile_choice.py), re-exported for the kernel's callers
-           "choose_tiles", "tile_stats", "kv_tiles_for", "PARTIAL_PENALTY"]
-
-SUPPORTED_HEAD_DIMS = (32, 64, 128)
-LOG2E = 1.4426950408889634
 NEG_INF = tl.constexpr(float("-inf"))
+_LN2 = tl.constexpr(C.LN2)
+_SUM_MIN = tl.constexpr(C.ROW_SUM_MIN)
+_SUM_MAX = tl.constexpr(C.ROW_SUM_MAX)
 
-
-# ----------------------------------------------------------------------------- device code
 
 @triton.jit
 def _krange(q, n, w, s, d, CAUSAL: tl.constexpr, DIL: tl.constexpr):
@@ -293,7 +283,7 @@ def _unmasked_full(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1,
         kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d, qk_scale, desc_k, desc_v, head_row,
         TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, BN, NAT, XFULL, False, TMA, FMA_EXP, WS, STALE)
     if STALE:
-        ok = (l_i < 18446744073709551616.0) & (l_i >= 8.673617379884035e-19)  # [2**-60, 2**64)
+        ok = (l_i < _SUM_MAX) & (l_i >= _SUM_MIN)
         bad = tl.max((~ok).to(tl.int32), 0)
         if bad > 0:
             acc, l_i, m_i = _full_loop(
@@ -542,218 +532,8 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, NEG_INF)
+    lse = tl.where(seen, (m_i + tl.log2(l_safe)) * _LN2, NEG_INF)
     tl.store(o_base + st_rows[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=st_ok[:, None])
     tl.store(l_base + st_rows, lse, mask=st_ok)
 
-
-# ----------------------------------------------------------------------------- launch
-
-def _pad3(t, fill):
-    t = tuple(t)
-    return (fill,) * (3 - len(t)) + t
-
-
-_CONFIG_CACHE: dict = {}
-_LAST_KERNEL: list = [None]  # compiled handle of the last launch (registers, spills, smem)
-_TUNE_LOG: list = []  # (config, ms) of every autotune trial, for the benchmark notes
-# (num_warps, num_stages, warp_specialize[, fma_exp[, stale]]) tried per Q-tile size; fma_exp
-# 1/2 puts 1/2 or 1/4 of the unmasked tiles' exponentials on the FMA pipe (_exp2_split);
-# stale freezes the row max in the unmasked loop (_step), exact redo if a row sum leaves
-# [2^-60, 2^64). H100 autotune trials (benchmarks/NOTES.md, run 7): stale was the fastest
-# config on all five 128-token cases (5-10% over exact), fma_exp gains 0-3% only with stale;
-# 2 stages always lost. Override: GNA_TRITON_CONFIGS="8,3,0,0,0;8,3,0,0,1".
-# warp_specialize: Triton 3.6's Hopper pass leaves this loop unchanged with 8 warps (same
-# SASS) and fails with 4 (benchmarks/NOTES.md, run 6), so it stays off. 2-CTA/SM configs
-# (BN=64, fewer stages) were all slower than one CTA with 3 stages.
-_DEFAULT_CONFIGS = {128: [(8, 3, False, 0, 1), (8, 3, False, 2, 1), (8, 3, False, 0, 0)],
-                    64: [(4, 2, False, 0, 1), (4, 2, False), (4, 3, False), (8, 2, False)]}
-
-
-def _configs(BM):
-    env = os.environ.get("GNA_TRITON_CONFIGS")  # e.g. "8,3,0;4,3,1;8,3,0,2" for experiments
-    if env:
-        return [tuple(int(x) for x in c.split(",")) for c in env.split(";")]
-    return _DEFAULT_CONFIGS[BM if BM in _DEFAULT_CONFIGS else 64]
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, key_mask,
-                key_mask_grid, natural, out, lse, tma=None, grid_visible=None):
-    """Checked ``(grid, args, meta)`` of one launch (also used to compile offline)."""
-    B, H, N, D = q.shape
-    Hkv = k.shape[1]
-    if D not in SUPPORTED_HEAD_DIMS or v.shape[-1] != D:
-        raise ValueError(f"head dim {D} (v: {v.shape[-1]}) not supported: need q/k/v dims equal, in {SUPPORTED_HEAD_DIMS}")
-    if H % Hkv:
-        raise ValueError(f"H={H} must be a multiple of the kv heads {Hkv}")
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError("q, k, v need a contiguous last dim")
-    rank = spec.rank
-    shape3 = _pad3(spec.shape, 1)
-    win3 = _pad3(spec.window, 1)
-    str3 = _pad3(spec.stride, 1)
-    dil3 = _pad3(spec.dilation, 1)
-    cau3 = _pad3(spec.causal, False)
-    tq3, tk3 = _pad3(q_tile, 1), _pad3(kv_tile, 1)
-    if len(q_tile) != rank or len(kv_tile) != rank:
-        raise ValueError(f"q_tile={q_tile} / kv_tile={kv_tile} need {rank} dims")
-    if not is_kv_subtile(tuple(q_tile), tuple(kv_tile)):
-        raise ValueError(f"kv_tile={kv_tile} must be a contiguous sub-box of q_tile={q_tile}")
-    BM, BN = math.prod(q_tile), math.prod(kv_tile)
-    if BM not in (16, 32, 64, 128) or BN not in (16, 32, 64, 128):
-        raise ValueError(f"tile sizes {BM}x{BN} not supported (q/kv tiles of 16..128 tokens, powers of 2)")
-    pshape = tuple(-(-n // t) * t for n, t in zip(shape3, tq3))
-    nt = [p // t for p, t in zip(pshape, tq3)]
-    n_grid = math.prod(shape3)
-    NG = n_grid if natural else math.prod(pshape)
-    P, S = extra_prefix, extra_suffix
-    if N != P + NG + S:
-        raise ValueError(f"token dim {N} != extra_prefix + grid + extra_suffix = {P} + {NG} + {S}")
-    if k.shape[2] != N or v.shape[2] != N:
-        raise ValueError("q, k, v must have the same number of tokens")
-    scale = D ** -0.5 if scale is None else scale
-    if not scale > 0:  # row maxima are taken before scaling
-        raise ValueError(f"scale must be > 0 for the Triton kernel, got {scale}")
-    if tma is None:
-        tma = os.environ.get("GNA_TRITON_TMA", "1") == "1"
-    if key_mask is not None:
-        km = key_mask.to(torch.int8) if key_mask.dtype == torch.bool else key_mask
-        if km.shape != (B, N) or km.stride(-1) != 1:
-            raise ValueError(f"key_mask must be a [B, N] = [{B}, {N}] tensor with contiguous tokens")
-    else:
-        km = torch.empty(1, 1, dtype=torch.int8, device=q.device)
-    if key_mask is not None and key_mask_grid:
-        if grid_visible is None and natural:
-            grid_visible = (km[:, P:P + NG] != 0).all(dim=1)
-        if grid_visible is None:  # tiled layout: padding keys are masked, so the caller knows
-            grid_visible = torch.zeros(B, dtype=torch.int32, device=q.device)
-        gv = grid_visible.to(device=q.device, dtype=torch.int32).contiguous()
-        if gv.shape != (B,):
-            raise ValueError(f"grid_visible must have shape [{B}], got {tuple(gv.shape)}")
-    else:
-        gv = km  # unused
-    n_extra_tiles = -(-P // BM) + -(-S // BM)
-    grid = (n_extra_tiles + math.prod(nt), H, B)
-    meta = dict(TQ0=tq3[0], TQ1=tq3[1], TQ2=tq3[2], TK0=tk3[0], TK1=tk3[1], TK2=tk3[2],
-                BM=BM, BN=BN, D=D, C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
-                NAT=bool(natural), KM_GRID=bool(key_mask is not None and key_mask_grid),
-                HAS_KM=key_mask is not None, HAS_EXTRA_KV=(P + S) > 0, HAS_EXTRA_Q=(P + S) > 0)
-    use_tma = ((not natural) and tma and k.is_contiguous() and v.is_contiguous()
-               and B * Hkv * N < 2 ** 31)  # TMA coordinates are int32
-    if use_tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-        desc_k = TensorDescriptor(k, shape=[B * Hkv * N, D], strides=[D, 1], block_shape=[BN, D])
-        desc_v = TensorDescriptor(v, shape=[B * Hkv * N, D], strides=[D, 1], block_shape=[BN, D])
-    else:
-        desc_k = desc_v = None
-    meta["TMA"] = use_tma
-    meta["RANK"] = rank
-    meta["XFULL"] = (P + S) > 0 and key_mask is None
-    args = (q, k, v, out, lse, km, gv, desc_k, desc_v, N,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            lse.stride(0), lse.stride(1), km.stride(0),
-            H // Hkv, P, S, NG, nt[1], nt[2], n_extra_tiles,
-            *shape3, *win3, *str3, *dil3, scale * LOG2E)
-    return grid, args, meta
-
-
-def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, scale=None,
-                key_mask=None, key_mask_grid=False, natural=True, out=None, lse=None,
-                config=None, tma=None, grid_visible=None):
-    """Launch the kernel. ``natural``: tensors in natural token order, else tiled order with
-    padding (``permute_tokens`` layout). ``key_mask``: int8/bool ``[B, N]`` in the same layout
-    as the tensors; applied to extra keys, and to grid keys when ``key_mask_grid``.
-    ``grid_visible``: optional ``[B]`` device tensor, true where a batch's mask hides no grid
-    key: its full tiles then run unmasked (worked out here in natural order; in tiled order
-    the caller passes it, else the masked path is kept). Returns ``(out, lse)`` in the same
-    layout."""
-    B, H, N, D = q.shape
-    Hkv = k.shape[1]
-    if out is None:
-        out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
-    if lse is None:
-        lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-    # Whether the Gluon kernel takes this call: only asked when the launch config is not given.
-    gluon_ok = (config is None and q.is_cuda and gluon_gna.enabled() and lse.is_contiguous()
-                and gluon_gna.unsupported_reason(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
-                                                 key_mask, natural, out) is None)
-    if gluon_ok and gluon_gna.mode() == "forced":
-        config = gluon_gna.FORCED
-    grid, args, meta = launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
-                                   key_mask, key_mask_grid, natural, out, lse, tma, grid_visible)
-    BM = meta["BM"]
-    P, S = extra_prefix, extra_suffix
-
-    sixteen_bit = q.dtype in (torch.float16, torch.bfloat16)
-
-    def launch(cfg):
-        if cfg[0] == "gluon":  # ("gluon", stages, stale): the Gluon kernel (gluon_gna.CONFIGS)
-            gluon_gna.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse, extra_prefix=P, extra_suffix=S,
-                                        stages=cfg[1], stale=bool(cfg[2]))
-            return
-        nw, ns, ws, fx, stale = (tuple(cfg) + (0, 0, 0))[:5]
-        fx = int(fx) if sixteen_bit else 0  # the cubic exp is only accurate enough for 16-bit P
-        k_ = _gna_fwd[grid](*args, **meta, WS=bool(ws), FMA_EXP=fx, STALE=bool(stale), num_warps=nw,
-                            num_stages=ns, enable_fp_fusion=True)
-        _LAST_KERNEL[0] = k_
-
-    if config is None and not _interpret():
-        key = (tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, B, H, Hkv, D, q.dtype,
-               bool(natural), meta["TMA"], meta["HAS_KM"], meta["KM_GRID"], gluon_ok,
-               torch.cuda.get_device_name(q.device))
-        config = _CONFIG_CACHE.get(key)
-        if config is None:
-            config = _autotune(launch, _configs(BM) + (list(gluon_gna.CONFIGS) if gluon_ok else []))
-            _CONFIG_CACHE[key] = config
-    elif config is None:
-        config = (4, 1)
-    launch(config)
-    return out, lse
-
-
-def _autotune(launch, configs):
-    """Time the few launch configs that suit this problem; the cache keeps the winner."""
-    if os.environ.get("GNA_TRITON_AUTOTUNE", "1") == "0":
-        return configs[0]
-    from triton.testing import do_bench
-    best, err = None, None
-    for cfg in configs:
-        try:
-            t = do_bench(lambda: launch(cfg), warmup=5, rep=30, return_mode="median")
-            _TUNE_LOG.append((cfg, t))
-        except Exception as e:  # e.g. out of shared memory for this config
-            err = e
-            continue
-        if best is None or t < best[0]:
-            best = (t, cfg)
-    if best is None:
-        raise RuntimeError("no launch config of the GNA kernel compiled for this problem") from err
-    return best[1]
-
-
-def gna_attention_permuted(qp, kp, vp, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0,
-                           scale=None, key_mask=None):
-    """GNA attention on tensors already in tiled order (``permute_tokens(x, shape, q_tile, ...)``).
-
-    ``key_mask`` is a :class:`~gna_compile.kernels.dispatch.KeyMask` in natural order (or None).
-    Returns ``(out, lse)`` in tiled order; padded rows hold finite values to be dropped.
-    """
-    from .permute import permute_tokens
-    km = None
-    grid_mask = False
-    visible = None
-    if key_mask is not None:
-        m = key_mask.mask.to(torch.float32)[:, :, None]
-        km = permute_tokens(m, spec.shape, q_tile, extra_prefix, extra_suffix)[..., 0].to(torch.int8).contiguous()
-        grid_mask = bool(key_mask.spatial)
-        if grid_mask:
-            grid = key_mask.mask[:, extra_prefix:extra_prefix + spec.num_tokens]
-            visible = grid.to(device=qp.device).bool().all(dim=1)
-    return gna_forward(qp, kp, vp, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale,
-                       km, grid_mask, natural=False, grid_visible=visible)

@@ -1,4 +1,4 @@
-"""The Gluon kernel (gna_compile/kernels/gluon_gna.py): what it accepts, what the compiler
+"""The Gluon kernel (gna_compile/kernels/hopper/gluon_fwd.py, gluon_launch.py): what it accepts, what the compiler
 makes of it, and, on a GPU, its results against the reference.
 
 Gluon has no interpreter, so on the CPU only two things can be checked:
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from gna_compile.config import make_spec
-from gna_compile.kernels import gluon_gna
+from gna_compile.kernels.hopper import gluon_launch
+from gna_compile.kernels.hopper.configs import GLUON_CANDIDATES, GLUON_FORCED, GluonConfig, TritonConfig
 from gna_compile.kernels.permute import permute_tokens, unpermute_tokens
 from gna_compile.kernels.reference import reference_attention
 from sm90 import H100_SMEM, compile_summary, have_ptxas
@@ -41,21 +42,21 @@ def _qkv(spec, B=1, H=2, Hkv=2, D=128, dtype=torch.bfloat16, device="cpu"):
 
 @pytest.mark.parametrize("name", list(BLOCK_SPARSE))
 def test_takes_perfectly_block_sparse_calls(name):
-    if not gluon_gna.HAVE_GLUON:
+    if not gluon_launch.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     shape, w, s, qt = BLOCK_SPARSE[name]
     spec = make_spec(shape, w, s)
     q, k, v = _qkv(spec)
-    assert gluon_gna.unsupported_reason(q, k, v, spec, qt, qt, 0, 0, None, False) is None
+    assert gluon_launch.unsupported_reason(q, k, v, spec, qt, qt, 0, 0, None, False) is None
 
 
 def test_refuses_what_it_does_not_handle_with_a_reason():
-    if not gluon_gna.HAVE_GLUON:
+    if not gluon_launch.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     shape, w, s, qt = BLOCK_SPARSE["flux_like_2d"]
     spec = make_spec(shape, w, s)
     q, k, v = _qkv(spec)
-    why = lambda *a, **kw: gluon_gna.unsupported_reason(*a, **kw)  # noqa: E731
+    why = lambda *a, **kw: gluon_launch.unsupported_reason(*a, **kw)  # noqa: E731
     assert "tiled" in why(q, k, v, spec, qt, qt, 0, 0, None, True)
     assert "extra tokens" in why(q, k, v, spec, qt, qt, 4, 0, None, False)
     assert "key mask" in why(q, k, v, spec, qt, qt, 0, 0, torch.ones(1, spec.num_tokens), False)
@@ -72,48 +73,48 @@ def test_refuses_what_it_does_not_handle_with_a_reason():
 def test_layouts_it_reads_as_one_2d_tma_view():
     """Contiguous [B, H, N, D] puts heads in rows; views of a packed [B, N, 3, H, D] buffer (a
     model's fused projection) put them in columns; anything else is refused."""
-    if not gluon_gna.HAVE_GLUON:
+    if not gluon_launch.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     B, H, N, D = 2, 3, 256, 64
     x = torch.empty(B, H, N, D, dtype=torch.bfloat16)
-    assert gluon_gna._layout(x) == (B * H * N, D, D, H * N, N, 0)
+    assert gluon_launch._layout(x) == (B * H * N, D, D, H * N, N, 0)
     packed = torch.empty(B, N, 3, H, D, dtype=torch.bfloat16)
     k = packed[:, :, 1].transpose(1, 2)
-    assert gluon_gna._layout(k) == (B * N, H * D, 3 * H * D, N, 0, D)
-    assert gluon_gna._layout(x.transpose(2, 3)) is None  # D not contiguous
-    assert gluon_gna._layout(torch.empty(N, B, H, D, dtype=torch.bfloat16).permute(1, 2, 0, 3)) is None
+    assert gluon_launch._layout(k) == (B * N, H * D, 3 * H * D, N, 0, D)
+    assert gluon_launch._layout(x.transpose(2, 3)) is None  # D not contiguous
+    assert gluon_launch._layout(torch.empty(N, B, H, D, dtype=torch.bfloat16).permute(1, 2, 0, 3)) is None
     shape, w, s, qt = BLOCK_SPARSE["flux_like_2d"]
     spec = make_spec(shape, w, s)
     q, k, v = _qkv(spec)
     k_bad = torch.empty(1, k.shape[2], k.shape[3], k.shape[1], dtype=k.dtype).permute(0, 3, 1, 2)  # D strided
-    assert "strides" in gluon_gna.unsupported_reason(q, k_bad, v, spec, qt, qt, 0, 0, None, False)
+    assert "strides" in gluon_launch.unsupported_reason(q, k_bad, v, spec, qt, qt, 0, 0, None, False)
 
 
 def test_extra_tokens_in_whole_tiles_only():
-    if not gluon_gna.HAVE_GLUON:
+    if not gluon_launch.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     shape, w, s, qt = BLOCK_SPARSE["flux_like_2d"]
     spec = make_spec(shape, w, s)
     q, k, v = _qkv(spec)  # only shapes' last dims and strides matter to the check
-    assert gluon_gna.unsupported_reason(q, k, v, spec, qt, qt, 256, 128, None, False) is None
-    assert "whole tiles" in gluon_gna.unsupported_reason(q, k, v, spec, qt, qt, 100, 0, None, False)
+    assert gluon_launch.unsupported_reason(q, k, v, spec, qt, qt, 256, 128, None, False) is None
+    assert "whole tiles" in gluon_launch.unsupported_reason(q, k, v, spec, qt, qt, 100, 0, None, False)
 
 
 def test_gluon_env_switch(monkeypatch):
     """GNA_GLUON=0: never; =1: every call it takes, untuned; unset: the autotuner decides."""
-    have = gluon_gna.HAVE_GLUON
+    have = gluon_launch.HAVE_GLUON
     for env, mode in (("0", "off"), ("1", "forced"), ("", "auto")):
         monkeypatch.setenv("GNA_GLUON", env)
-        assert gluon_gna.mode() == (mode if have else "off")
-        assert gluon_gna.enabled() == (have and mode != "off")
+        assert gluon_launch.mode() == (mode if have else "off")
+        assert gluon_launch.enabled() == (have and mode != "off")
     monkeypatch.delenv("GNA_GLUON")
-    assert gluon_gna.mode() == ("auto" if have else "off")
-    assert gluon_gna.FORCED in gluon_gna.CONFIGS
+    assert gluon_launch.mode() == ("auto" if have else "off")
+    assert GLUON_FORCED in GLUON_CANDIDATES
 
 
 def _sass_summary(tmp_path, case, head_dim, packed=False, variant=()):
     pytest.importorskip("triton")
-    if not gluon_gna.HAVE_GLUON:
+    if not gluon_launch.HAVE_GLUON:
         pytest.skip("this Triton has no Gluon")
     if not have_ptxas():
         pytest.skip("this Triton has no NVIDIA toolchain (ptxas)")
@@ -156,10 +157,10 @@ def _run(name, B, H, Hkv, D, dtype, P=0, S=0, packed=False, stages=2, stale=Fals
         for i, t in enumerate(tiled):
             buf[:, :, i] = t.transpose(1, 2)
         tiled = [buf[:, :, i].transpose(1, 2) for i in range(3)]
-    assert gluon_gna.unsupported_reason(*tiled, spec, qt, qt, P, S, None, False) is None
+    assert gluon_launch.unsupported_reason(*tiled, spec, qt, qt, P, S, None, False) is None
     out = torch.full((B, H, N, D), float("nan"), device="cuda", dtype=dtype)
     lse = torch.full((B, H, N), float("nan"), device="cuda")
-    gluon_gna.gna_forward_gluon(*tiled, spec, qt, scale, out, lse, extra_prefix=P, extra_suffix=S, stages=stages,
+    gluon_launch.gna_forward_gluon(*tiled, spec, qt, scale, out, lse, extra_prefix=P, extra_suffix=S, stages=stages,
                                 stale=stale)
     torch.cuda.synchronize()
     out = unpermute_tokens(out, shape, qt, P, S)
@@ -171,7 +172,7 @@ def _run(name, B, H, Hkv, D, dtype, P=0, S=0, packed=False, stages=2, stale=Fals
     assert (lse.double() - ref_l.double()).abs().max().item() < 2e-2
 
 
-GPU = pytest.mark.skipif(not (CUDA and gluon_gna.HAVE_GLUON and torch.cuda.get_device_capability()[0] == 9),
+GPU = pytest.mark.skipif(not (CUDA and gluon_launch.HAVE_GLUON and torch.cuda.get_device_capability()[0] == 9),
                          reason="needs a Hopper GPU (sm_90) and Gluon")
 VARIANTS = [(2, False), (2, True), (3, True)]  # (stages, frozen row max)
 
@@ -219,7 +220,7 @@ def test_gpu_frozen_max_redo(gap, stages):
     def run(redo):
         out = torch.full((1, H, N, D), float("nan"), device="cuda", dtype=dtype)
         lse = torch.full((1, H, N), float("nan"), device="cuda")
-        gluon_gna.gna_forward_gluon(*tiled, spec, qt, scale, out, lse, stages=stages, stale=True, redo=redo)
+        gluon_launch.gna_forward_gluon(*tiled, spec, qt, scale, out, lse, stages=stages, stale=True, redo=redo)
         out = unpermute_tokens(out, shape, qt, 0, 0).double()
         lse = unpermute_tokens(lse[..., None], shape, qt, 0, 0)[..., 0].double()
         return ((out - ref_o.double()).norm() / ref_o.double().norm()).item(), (lse - ref_l.double()).abs().max().item()
@@ -237,25 +238,25 @@ def test_gpu_dispatch_through_gna_forward(monkeypatch):
     """A tiled-order call that qualifies: GNA_GLUON=1 sends it to the Gluon kernel; unset, the
     autotuner times the Gluon variants beside the Triton configs; GNA_GLUON=0 never uses it.
     Every route gives the Triton kernel's answer."""
-    from gna_compile.kernels import triton_gna
+    from gna_compile.kernels.hopper import autotune, forward
     shape, w, s, qt = BLOCK_SPARSE["hunyuan_like_3d"]
     spec = make_spec(shape, w, s)
     tiled = [permute_tokens(t, shape, qt, 0, 0).contiguous() for t in _qkv(spec, device="cuda")]
-    ref, _ = triton_gna.gna_forward(*tiled, spec, qt, qt, natural=False, config=(8, 3, 0))
+    ref, _ = forward.gna_forward(*tiled, spec, qt, qt, natural=False, config=TritonConfig(8, 3))
     calls = []
-    real = gluon_gna.gna_forward_gluon
-    monkeypatch.setattr(gluon_gna, "gna_forward_gluon", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    real = gluon_launch.gna_forward_gluon
+    monkeypatch.setattr(gluon_launch, "gna_forward_gluon", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     monkeypatch.setenv("GNA_TRITON_AUTOTUNE", "1")  # the unset case times the candidates
     for env in ("1", "", "0"):
         monkeypatch.setenv("GNA_GLUON", env)
         calls.clear()
-        n_log = len(triton_gna._TUNE_LOG)
-        out, _ = triton_gna.gna_forward(*tiled, spec, qt, qt, natural=False)
-        tried = [c for c, _ in triton_gna._TUNE_LOG[n_log:]]
+        n_log = len(autotune.TUNE_LOG)
+        out, _ = forward.gna_forward(*tiled, spec, qt, qt, natural=False)
+        tried = [c for c, _ in autotune.TUNE_LOG[n_log:]]
         assert ((out.double() - ref.double()).norm() / ref.double().norm()).item() < 2e-2
         if env == "1":
             assert calls and not tried
         elif env == "":
-            assert set(gluon_gna.CONFIGS) <= set(tried) and any(c[0] != "gluon" for c in tried)
+            assert set(GLUON_CANDIDATES) <= set(tried) and any(isinstance(c, TritonConfig) for c in tried)
         else:
-            assert not calls and all(c[0] != "gluon" for c in tried)
+            assert not calls and not any(isinstance(c, GluonConfig) for c in tried)

@@ -1,0 +1,90 @@
+"""Launch configs of the Hopper forward kernels, as data: what each field does and which
+candidates the autotuner times per problem (autotune.py keeps the fastest).
+
+H100/H200 trials behind the defaults (benchmarks/NOTES.md): the frozen row max (``stale``)
+was the fastest Triton config on all five 128-token cases (5-10% over exact); ``fma_exp``
+gains 0-3%, only with stale; 2 stages always lost with 128-token tiles. Triton 3.6's
+warp-specialisation pass leaves this loop unchanged with 8 warps (same SASS) and fails with 4
+(run 6), so ``warp_specialize`` stays off. 2-CTA/SM configs (BN=64, fewer stages) were all
+slower than one CTA with 3 stages. Gluon (run 9, H200, four block-sparse cases): 2 stages +
+frozen max fastest on all four, 3 stages + frozen max 1-13% behind, the exact loops 5-14%
+behind (not tried).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ... import settings
+
+__all__ = ["TritonConfig", "GluonConfig", "triton_candidates", "GLUON_CANDIDATES", "GLUON_FORCED",
+           "INTERPRET_CONFIG", "parse_configs"]
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """The Triton kernel (triton_fwd._gna_fwd). ``fma_exp``: 1 or 2 puts 1/2 or 1/4 of the
+    unmasked tiles' exponentials on the FMA pipe (16-bit inputs only); ``stale``: frozen row
+    max in the unmasked loop, exact redo when a row sum leaves [2^-60, 2^64)."""
+    num_warps: int = 8
+    num_stages: int = 3
+    warp_specialize: bool = False
+    fma_exp: int = 0
+    stale: bool = False
+
+    def __post_init__(self):
+        if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1 or self.fma_exp not in (0, 1, 2):
+            raise ValueError(f"{self}: num_warps in 1..16 (power of 2), num_stages >= 1, fma_exp in 0..2")
+
+    def __str__(self):
+        return (f"triton(warps={self.num_warps}, stages={self.num_stages}"
+                + (", ws" if self.warp_specialize else "") + (f", fma_exp={self.fma_exp}" if self.fma_exp else "")
+                + (", stale" if self.stale else "") + ")")
+
+
+@dataclass(frozen=True)
+class GluonConfig:
+    """The Gluon kernel (gluon_fwd._gna_fwd_gluon): K/V ``stages`` (2 or 3) and the frozen
+    row max (``stale``, with its redo launch)."""
+    stages: int = 2
+    stale: bool = True
+
+    def __post_init__(self):
+        if self.stages not in (2, 3):
+            raise ValueError(f"{self}: stages must be 2 or 3")
+
+    def __str__(self):
+        return f"gluon(stages={self.stages}" + (", stale" if self.stale else "") + ")"
+
+
+_TRITON_DEFAULTS = {
+    128: (TritonConfig(8, 3, stale=True), TritonConfig(8, 3, fma_exp=2, stale=True), TritonConfig(8, 3)),
+    64: (TritonConfig(4, 2, stale=True), TritonConfig(4, 2), TritonConfig(4, 3), TritonConfig(8, 2)),
+}
+GLUON_CANDIDATES = (GluonConfig(2, True), GluonConfig(3, True))
+GLUON_FORCED = GluonConfig(2, True)        # what GNA_GLUON=1 runs, untimed
+INTERPRET_CONFIG = TritonConfig(4, 1)      # TRITON_INTERPRET=1: the launch config does not matter
+
+
+def parse_configs(text: str) -> tuple:
+    """``"8,3,0,0,1;4,2"`` -> TritonConfigs (fields in TritonConfig's order)."""
+    out = []
+    for part in text.split(";"):
+        try:
+            vals = [int(x) for x in part.split(",")]
+            if not 2 <= len(vals) <= 5:
+                raise ValueError(f"{len(vals)} fields")
+            nw, ns, ws, fx, st = (vals + [0, 0, 0])[:5]
+            out.append(TritonConfig(nw, ns, bool(ws), fx, bool(st)))
+        except ValueError as e:
+            raise ValueError(f"GNA_TRITON_CONFIGS={text!r}: {part!r} is not "
+                             f"num_warps,num_stages[,warp_specialize[,fma_exp[,stale]]] ({e})") from None
+    return tuple(out)
+
+
+def triton_candidates(q_tile_tokens: int) -> tuple:
+    """The Triton configs timed for a Q tile of this many tokens (GNA_TRITON_CONFIGS overrides)."""
+    env = settings.triton_configs()
+    if env:
+        return parse_configs(env)
+    return _TRITON_DEFAULTS[q_tile_tokens if q_tile_tokens in _TRITON_DEFAULTS else 64]
