@@ -20,6 +20,8 @@ _LAZY = {
     "Policy": ("gna_compile.policy", "Policy"),
     "explain": ("gna_compile.explain", "explain"),
     "sim": ("gna_compile.sim", None),
+    "enable": ("gna_compile.pipelines", "enable"),
+    "disable": ("gna_compile.pipelines", "disable"),
 }
 
 __all__ = ["GNA", "GNASpec", "make_spec", "gna_attention", "gna_attention_lse", "dense_attention",

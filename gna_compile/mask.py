@@ -49,9 +49,9 @@ def key_range_t(q: torch.Tensor, n: int, w: int, s: int = 1, d: int = 1, causal:
     Written with ``torch.where`` only (no min/max/clamp): FlexAttention's FLASH backend
     (CuTe DSL) lowers a mask_mod built from it, and its lowering rejects ``maximum``."""
     r, qd = q % d, q // d
-    # (tensor branches: Inductor turns where(c, 1, 0) into a bool cast, which the CuTe DSL
-    # then refuses to mix with int64 in a later where)
-    nd = n // d + torch.where(r < n % d, torch.ones_like(r), torch.zeros_like(r)) if n % d else n // d
+    # Positions with residue r, as a closed form (q < n, so r < n): no where/min/max, which
+    # Inductor may turn into a bool cast that the CuTe DSL refuses to mix with int64.
+    nd = (n - 1 - r) // d + 1
     if causal:
         leader = _min((qd // s) * s + s - 1, nd - 1)
         lo, hi = _max(leader - w + 1, torch.zeros_like(leader)), qd

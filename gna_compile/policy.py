@@ -89,6 +89,10 @@ class Policy:
         shape = _check_shape(tuple(shape) if isinstance(shape, list) else shape)
         return shape if math.prod(shape) == num_tokens else None
 
+    def with_layout(self, layout) -> "Policy":
+        """The same rules and settings with another ``layout`` (enable() gives each grid its own)."""
+        return Policy(dict(self.rules), self.default, layout, self.sparsity, self.min_speedup)
+
     def __repr__(self) -> str:
         rules = ", ".join(f"{p!r}: {a!r}" for p, a in self.rules)
         return (f"Policy(rules={{{rules}}}, default={self.default!r}, layout={self.layout!r}, "

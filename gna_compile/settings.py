@@ -70,5 +70,6 @@ def interpret() -> bool:
 
 
 def snapshot() -> tuple:
-    """The values of every switch, for cache keys."""
-    return tuple(_get(n) for n in NAMES) + (interpret(),)
+    """The parsed values of the switches a launch depends on, for cache keys (unset and set
+    to the default give the same key)."""
+    return (autotune(), triton_configs(), tma(), gluon_mode(), interpret())

@@ -136,6 +136,14 @@ def dense_attention(enabled: bool = True):
         _DENSE.on = prev
 
 
+def set_dense_mode(on: bool) -> bool:
+    """Switch dense mode for this thread and return the previous value (for a schedule that
+    changes mode mid-loop, e.g. from a pipeline's step callback; prefer dense_attention())."""
+    prev = dense_mode()
+    _DENSE.on = bool(on)
+    return prev
+
+
 def dense_sdpa(q, k, v, scale, key_mask: KeyMask | None):
     """Full attention with the same key mask, via SDPA (cuDNN/flash where available)."""
     mask = None if key_mask is None else key_mask.mask[:, None, None, :]

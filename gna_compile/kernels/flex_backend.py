@@ -76,8 +76,10 @@ BLOCK = 128  # FlexAttention's block: one Q tile of 128 tokens in the tiled orde
 
 def _tile_classes(spec, q_tile):
     """Per dim, which (query tile, key tile) pairs have some / all of their pairs attended, from
-    the 1-D rule on the padded axis (padding keys never attended; a padding query behaves as
-    the last real one, as in gna_mask_mod). The GNA mask is a product over dims and tiles are
+    the 1-D rule on the padded axis (padding keys never attended; a padding query is taken as
+    the last real one: with dilation the mask_mod's residue test may leave it nothing, which
+    changes no block's class, since its tile holds the last real query and a dilated tile is
+    never full). The GNA mask is a product over dims and tiles are
     boxes, so a block is visited iff it is in every dim, and full iff full in every dim."""
     from ..mask import attend_1d_t
     some, every = [], []

@@ -21,6 +21,7 @@ mods = {
     "krange": lambda b, h, qi, ki: _kr(qi, ki),
     "krange_causal": lambda b, h, qi, ki: _kr(qi, ki, causal=True),
     "gna": fb.gna_mask_mod(spec, (8, 16), 0, 0),
+    "gna_dilated": fb.gna_mask_mod(make_spec((32, 32), (5, 8), (1, 1), (3, 1)), (8, 16), 0, 0),
 }
 for name, mm in mods.items():
     try:

@@ -33,6 +33,8 @@ class TritonConfig:
     stale: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "warp_specialize", bool(self.warp_specialize))  # 0/1 from tuples
+        object.__setattr__(self, "stale", bool(self.stale))
         if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1 or self.fma_exp not in (0, 1, 2):
             raise ValueError(f"{self}: num_warps in 1..16 (power of 2), num_stages >= 1, fma_exp in 0..2")
 
@@ -50,6 +52,7 @@ class GluonConfig:
     stale: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "stale", bool(self.stale))
         if self.stages not in (2, 3):
             raise ValueError(f"{self}: stages must be 2 or 3")
 

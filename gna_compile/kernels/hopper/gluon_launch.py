@@ -140,7 +140,8 @@ def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, ext
 
 def ranges_table(shape3, win3, str3, tq3, device):
     """int32 ``[3, max tiles, 2]``: per dim and Q tile, the full KV-tile range (the kernel's
-    box). Cached per device: made once, outside any CUDA-graph capture."""
+    box). Cached per device and problem: the first call for a problem copies it to the device,
+    so run that call once before capturing a CUDA graph."""
     return _ranges_table(tuple(shape3), tuple(win3), tuple(str3), tuple(tq3), str(device))
 
 
