@@ -108,6 +108,25 @@ def test_names_are_the_models_own_named_modules():
     assert all(r.module in names for r in report)
 
 
+def test_names_through_forward_hooks_are_the_module_names():
+    """Hooks that replace a module's forward by a partial or a closure over the module (as
+    diffusers' hooks and context parallelism do) add hops to Dynamo's paths; names and rule
+    matching still use the model's own module names."""
+    import functools
+
+    m = TinyVideoDiT(depth=2)
+    for blk in m.blocks:
+        orig = blk.forward
+        blk.forward = functools.partial(lambda module, *a, _f=orig, **kw: _f(*a, **kw), blk)
+    args = (torch.randn(1, 4, 2, 8, 8), torch.randn(1, 3, 16))
+    names = {n for n, _ in m.named_modules()}
+    report = gna_compile.explain(m, *args, policy=Policy(rules={"blocks.1.*": "dense"}, default=GNA(2)),
+                                 verbose=False)
+    mods = [r.module for r in report]
+    assert mods and all(n in names for n in mods), mods
+    assert any(r.module.startswith("blocks.1.") and r.decision == "dense" for r in report), mods
+
+
 def test_rules_match_model_names_and_a_typo_warns_once():
     m = TinyVideoDiT(depth=2)
     args = (torch.randn(1, 4, 2, 8, 8), torch.randn(1, 3, 16))

@@ -55,6 +55,15 @@ def _structure_key(root):
     return sum(1 for _ in root.modules())
 
 
+def _strip_wrappers(path: str) -> str:
+    """Drop the hops a module hook adds between a module and its child (diffusers' hooks
+    replace ``forward`` by a partial or closure over the module): ``x.forward.__self__`` and
+    ``x.forward.func.__closure__.0.cell_contents`` are ``x`` again."""
+    path = re.sub(r"(?:^|\.)\w+\.func\.__closure__\.\d+\.cell_contents(?=\.|$)", "", path)
+    path = re.sub(r"(?:^|\.)\w+\.__self__(?=\.|$)", "", path)
+    return re.sub(r"\.+", ".", path).strip(".")
+
+
 def relative_path(path: str) -> tuple[str, str]:
     """Split Dynamo's ``L['self'].blocks[0].attn`` into its frame-local root (``L['self']``)
     and the module path below it (``blocks.0.attn``)."""
@@ -63,7 +72,19 @@ def relative_path(path: str) -> tuple[str, str]:
         return "", path
     rest = re.sub(r"(?:^|\.)__dict__\['_modules'\]|(?:^|\.)_modules(?=\[)", "", m.group(2))
     rest = re.sub(r"\[(\d+)\]|\['([^']*)'\]", lambda g: "." + (g.group(1) or g.group(2)), rest)
-    return m.group(1), re.sub(r"\.+", ".", rest).strip(".")
+    return m.group(1), _strip_wrappers(rest)
+
+
+def _walk(obj, path: str):
+    """The object Dynamo's path (``.blocks[0].forward.func.__closure__[0].cell_contents``)
+    reaches from ``obj``, or None if a step fails (hooks put closures and partials between a
+    module and its child; walking the real objects sees through any of them)."""
+    for attr, idx, key in re.findall(r"\.(\w+)|\[(\d+)\]|\['([^']*)'\]", path):
+        try:
+            obj = getattr(obj, attr) if attr else obj[int(idx)] if idx else obj[key]
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            return None
+    return obj
 
 
 def source_path(source: str) -> tuple[str, str]:
@@ -74,7 +95,8 @@ def source_path(source: str) -> tuple[str, str]:
         return "", ""
     rest = re.sub(r"\._(?:modules|parameters|buffers)\['([^']*)'\]|\.([A-Za-z_]\w*)",
                   lambda g: "." + (g.group(1) or g.group(2)), m.group(2))
-    return m.group(1), rest.strip(".")
+    rest = re.sub(r"\[(\d+)\]", lambda g: "." + g.group(1), rest)
+    return m.group(1), _strip_wrappers(rest)
 
 
 def frame_root(local: str, modules: list, params: list):
@@ -105,6 +127,9 @@ def qualify(path: str, modules: list, params: list = ()) -> tuple[str, object]:
         return rest or "<top>", None
     names = root_names(modules[-1])
     frame = frame_root(local, modules, params) if local else modules[0]
+    target = _walk(frame, path[len(local):]) if frame is not None and local else None
+    if isinstance(target, torch.nn.Module) and id(_unwrap(target)) in names:
+        return names[id(_unwrap(target))] or "<top>", frame  # the module the path reaches, by identity
     base = names.get(id(frame), None) if frame is not None else None
     if base is None:
         return rest or "<top>", frame
