@@ -1,7 +1,7 @@
 """Whole sampling loops (VAE decode included): dense torch.compile vs gna with the hybrid
 schedule vs gna on every step, in one run (issue 14).
 
-    python benchmarks/pipelines.py --model {flux,hunyuan,cosmos,wan} [--size full|small]
+    python benchmarks/pipelines.py --model {flux,hunyuan,cosmos,wan,ltx} [--size full|small]
         [--steps N] [--dense-steps K] [--variants dense,hybrid,gna] [--compare] [--out DIR]
 
 Pipelines come from gna_compile.pipelines.offline (random weights, the published configs with
@@ -38,7 +38,7 @@ from gna_compile.pipelines.families import FAMILIES  # noqa: E402
 from plot_png import line_plot  # noqa: E402
 
 VARIANTS = ("dense", "hybrid", "gna")
-DEFAULT_STEPS = {"flux": 28, "hunyuan": 50, "cosmos": 36, "wan": 50}  # the pipelines' defaults
+DEFAULT_STEPS = {"flux": 28, "hunyuan": 50, "cosmos": 36, "wan": 50, "ltx": 50}  # the pipelines' defaults
 
 
 def _sync(device):

@@ -20,9 +20,9 @@ from gna_compile.pipelines import backends, family_of, records  # noqa: E402
 from gna_compile.pipelines.families import FAMILIES  # noqa: E402
 
 GRIDS = {"flux": ((4, 6), (6, 4)), "hunyuan": ((2, 4, 6), (2, 6, 4)), "wan": ((2, 4, 6), (2, 6, 4)),
-         "cosmos": ((2, 4, 6), (2, 6, 4))}
+         "cosmos": ((2, 4, 6), (2, 6, 4)), "ltx": ((2, 4, 6), (2, 6, 4))}
 WINDOW = {"flux": ((3, 3), (2, 2)), "hunyuan": ((2, 3, 3), (1, 2, 2)), "wan": ((2, 3, 3), (1, 2, 2)),
-          "cosmos": ((2, 3, 3), (1, 2, 2))}
+          "cosmos": ((2, 3, 3), (1, 2, 2)), "ltx": ((2, 3, 3), (1, 2, 2))}
 STEPS, DENSE = 3, 1
 
 

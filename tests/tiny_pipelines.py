@@ -27,3 +27,7 @@ def wan():
 
 def cosmos():
     return _build("cosmos", lambda grid: dict(shape=tuple(grid)))
+
+
+def ltx():
+    return _build("ltx", lambda grid: dict(shape=tuple(grid)))

@@ -15,11 +15,12 @@ from .. import zoo
 
 __all__ = ["build", "NAMES", "FULL_GRIDS"]
 
-NAMES = ("flux", "hunyuan", "wan", "cosmos")
+NAMES = ("flux", "hunyuan", "wan", "cosmos", "ltx")
 # The paper's workloads as latent token grids: FLUX.1-dev 4K, HunyuanVideo 720p (768x1280, 117
 # frames), Wan 2.1 14B 720p (81 frames), Cosmos-1.0 704p (121 frames).
-FULL_GRIDS = {"flux": (256, 256), "hunyuan": (30, 48, 80), "wan": (21, 45, 80), "cosmos": (16, 44, 80)}
-SMALL_GRIDS = {"flux": (4, 6), "hunyuan": (2, 4, 6), "wan": (2, 4, 6), "cosmos": (2, 4, 6)}
+FULL_GRIDS = {"flux": (256, 256), "hunyuan": (30, 48, 80), "wan": (21, 45, 80), "cosmos": (16, 44, 80),
+              "ltx": (21, 16, 22)}  # LTX-Video 512x704, 161 frames
+SMALL_GRIDS = {"flux": (4, 6), "hunyuan": (2, 4, 6), "wan": (2, 4, 6), "cosmos": (2, 4, 6), "ltx": (2, 4, 6)}
 
 
 def _rand(g, *shape, dtype, device):
@@ -156,7 +157,30 @@ def _cosmos(size, device, dtype):
     return pipe, call
 
 
-_BUILDERS = {"flux": _flux, "hunyuan": _hunyuan, "wan": _wan, "cosmos": _cosmos}
+def _ltx(size, device, dtype):
+    """LTX-Video: latents packed before the model (patch 1); VAE factors 32 (space), 8 (time)."""
+    import diffusers
+    full = size == "full"
+    with torch.device(device):
+        tr = diffusers.LTXVideoTransformer3DModel() if full else diffusers.LTXVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+            num_layers=2, caption_channels=16)
+        vae = diffusers.AutoencoderKLLTXVideo() if full else diffusers.AutoencoderKLLTXVideo(
+            latent_channels=4, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1))
+    pipe = diffusers.LTXPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae.to(dtype),
+                                 text_encoder=None, tokenizer=None, transformer=tr.to(dtype).eval())
+    text, dim = (128, 4096) if full else (5, 16)
+
+    def call(grid, g):
+        t, h, w = grid
+        return dict(prompt_embeds=_rand(g, 1, text, dim, dtype=dtype, device=device),
+                    prompt_attention_mask=torch.ones(1, text, dtype=torch.long, device=device),
+                    height=32 * h, width=32 * w, num_frames=8 * (t - 1) + 1, guidance_scale=1.0)
+    return pipe, call
+
+
+_BUILDERS = {"flux": _flux, "hunyuan": _hunyuan, "wan": _wan, "cosmos": _cosmos, "ltx": _ltx}
 
 
 def build(name: str, size: str = "small", device="cpu", dtype=torch.float32):
