@@ -194,3 +194,23 @@ def test_unknown_pipeline_falls_back_to_the_graph():
     assert all("layout not provable" in r.reason or "cross-attention" in r.reason for r in recs), \
         [r.reason for r in recs]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_forward_the_module_already_had_is_kept():
+    """A hook that replaced the transformer's forward (diffusers' hooks do) still runs under
+    enable(), and disable() puts it back."""
+    pipe, call, _ = tp.flux()
+    tr = pipe.transformer
+    seen = []
+    orig = tr.forward
+
+    def hooked(*a, **kw):
+        seen.append(1)
+        return orig(*a, **kw)
+
+    tr.forward = hooked
+    gna_compile.enable(pipe, dense_steps=0, inner="eager")
+    pipe(**call((4, 6)), num_inference_steps=2, output_type="latent")
+    assert len(seen) == 2
+    gna_compile.disable(pipe)
+    assert tr.forward is hooked

@@ -54,7 +54,9 @@ class _State:
                               f"torch._dynamo.config.recompile_limit if you need more resolutions.", stacklevel=3)
             policy = self.policy if grid is None or self.policy.layout is not None else self.policy.with_layout(grid)
             be = GNABackend(policy, **self.backend_options)
-            fwd = types.MethodType(type(self.transformer).forward, self.transformer)
+            # the forward the module had (a hook's wrapper, if one replaced it), else its class's
+            fwd = self.old_forward if self.had_forward else types.MethodType(type(self.transformer).forward,
+                                                                              self.transformer)
             self.backends[grid] = be
             self.compiled[grid] = torch.compile(fwd, backend=be, **self.compile_options)
         return self.compiled[grid]
