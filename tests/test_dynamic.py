@@ -67,3 +67,60 @@ def test_mark_dynamic_grid_with_a_rule_runs_every_size_in_one_graph():
                 want = m(img)
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     assert len(be.graphs) == 1 and be.records[0].rewritten
+
+
+class _ReshapePatchify(torch.nn.Module):
+    """Patchify by reshape, as Cosmos does: [B, C, H, W] -> tokens (H/2) x (W/2) of 2x2xC
+    features; ``inner_first`` splits each axis the other way round, (2, H/2), so the token
+    axes are positions within a patch: no image grid."""
+
+    def __init__(self, inner_first=False):
+        super().__init__()
+        self.inner_first = inner_first
+        self.proj = torch.nn.Linear(16, 32)
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        if self.inner_first:
+            t = x.reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 3, 5, 1, 2, 4)
+        else:
+            t = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        t = self.proj(t.flatten(3).flatten(1, 2))
+        q, k, v = self.qkv(t).view(b, -1, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def test_dynamic_reshape_patchify_is_proven_from_the_models_own_guards():
+    """Under dynamic shapes the reshape H -> (H//2, 2) makes Dynamo guard that 2 divides H;
+    reading those guards, the tokens are proven the (H/2, W/2) grid: one graph serves two
+    resolutions of equal token count, each equal to brute-force GNA on its true grid."""
+    torch.manual_seed(0)
+    m = _ReshapePatchify().eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA((3, 3), (2, 2))), inner="aot_eager")
+    f = torch.compile(m, backend=be, dynamic=True)
+    for hw in ((8, 12), (12, 8)):
+        x = torch.randn(1, 4, *hw)
+        with torch.no_grad():
+            out = f(x)
+            grid = (hw[0] // 2, hw[1] // 2)
+            with reference_sdpa(lambda q, k, grid=grid: dict(shape=grid, window=(3, 3), stride=(2, 2))) as ref:
+                want = m(x)
+        assert ref.calls == 1
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert len(be.graphs) == 1 and all(r.rewritten for r in be.records), [r.reason for r in be.records]
+
+
+def test_dynamic_reshape_split_the_other_way_is_refused():
+    """The close variant, (2, H//2): the guards prove the split just as well, but the token
+    axes are the inner pieces (positions within a patch): dense, with the reason."""
+    m = _ReshapePatchify(inner_first=True).eval()
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA((3, 3), (2, 2))), inner="aot_eager")
+    f = torch.compile(m, backend=be, dynamic=True)
+    x = torch.randn(1, 4, 8, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(f(x), m(x), atol=1e-5, rtol=1e-5)
+    assert be.records and not any(r.rewritten for r in be.records)
+    assert all("layout not provable" in r.reason for r in be.records), [r.reason for r in be.records]

@@ -22,7 +22,7 @@ from .rewrite import GNA_OP, fill_tiles, rewrite, rewrite_backward
 from .sites import mark_sites
 
 SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
-from .symbolic import find_shape_env, source_name, val
+from .symbolic import find_shape_env, learn_whole_quotients, source_name, val
 
 __all__ = ["prepare_graph", "Prepared", "AtenPass", "CallRecord"]
 
@@ -129,6 +129,7 @@ class AtenPass:
         ctx = Context(be.policy, {s.id: s for s in self.prep.sites}, self._input_kinds(gm),
                       self.prep.dynamic_sources, self.prep.actions)
         env = find_shape_env(graph)
+        learn_whole_quotients(graph, env)
         records = analyze(graph, ctx, env)
         fake_mode = _fake_mode(graph)
         result = None

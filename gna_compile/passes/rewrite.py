@@ -15,7 +15,7 @@ import torch
 from torch.fx import Graph
 
 from .record import CallRecord
-from .symbolic import to_expr, val
+from .symbolic import to_expr, val, whole_sources
 
 __all__ = ["rewrite", "rewrite_backward", "GNA_OP", "SymEmitter", "set_val"]
 
@@ -35,31 +35,46 @@ def set_val(node, fake_mode) -> None:
         node.meta["val"] = node.target(*args, **kwargs)
 
 
+def _raw(size):
+    """A size in the ShapeEnv's own symbols (its replacements applied, no whole quotients)."""
+    if not isinstance(size, torch.SymInt):
+        return sympy.Integer(int(size))
+    expr, env = sympy.sympify(size.node.expr), size.node.shape_env
+    return sympy.sympify(env.replace(expr)) if env is not None and getattr(env, "replacements", None) else expr
+
+
 class SymEmitter:
     """Emits graph nodes computing a sympy size expression from the graph's size symbols."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.sources: dict = {}
+        self.whole: dict = {}  # whole symbol -> (size symbol, k): w = s // k (symbolic.learn_whole_quotients)
         for n in graph.nodes:
             if n.op != "placeholder":
                 continue
             v = val(n)
-            if isinstance(v, torch.SymInt) and isinstance(to_expr(v), sympy.Symbol):
-                self.sources.setdefault(to_expr(v), n)
+            if isinstance(v, torch.SymInt) and isinstance(_raw(v), sympy.Symbol):
+                self.sources.setdefault(_raw(v), n)
+                self.whole.update(whole_sources(v.node.shape_env))
         for n in graph.nodes:
             v = val(n)
             if n.op == "placeholder" and isinstance(v, torch.Tensor):
                 for d, s in enumerate(v.shape):
-                    e = to_expr(s)
+                    e = _raw(s)
                     if isinstance(e, sympy.Symbol) and e not in self.sources:
                         self.sources[e] = (n, d)
+                    if isinstance(s, torch.SymInt):
+                        self.whole.update(whole_sources(s.node.shape_env))
 
     def emit(self, expr):
         """An int, or a node computing ``expr`` (inserted at the current insertion point)."""
         expr = sympy.sympify(expr)
         if expr.is_Integer:
             return int(expr)
+        if isinstance(expr, sympy.Symbol) and expr in self.whole:
+            sym, k = self.whole[expr]
+            return self._fold(operator.floordiv, [sym, sympy.Integer(k)])
         if isinstance(expr, sympy.Symbol):
             src = self.sources.get(expr)
             if src is None:

@@ -84,8 +84,77 @@ def to_expr(size) -> sympy.Expr:
         env = size.node.shape_env
         if env is not None and getattr(env, "replacements", None):
             expr = env.replace(expr)
+        whole = _whole_map(env)
+        if whole:
+            expr = sympy.sympify(expr).xreplace({sym: k * w for sym, (k, w) in whole.items()})
         return _exact_floordiv(sympy.sympify(expr))
     return sympy.Integer(int(size))
+
+
+_WHOLE = "_gna_whole_quotients"
+
+
+def _whole_map(env) -> dict:
+    return getattr(env, _WHOLE, None) or {} if env is not None else {}
+
+
+def learn_whole_quotients(graph, env) -> dict:
+    """Sizes the graph's guards prove to be multiples: ``{s: (k, w)}`` meaning ``s == k * w``
+    for a size symbol ``s`` and a new whole symbol ``w`` (= ``s // k``). A model's own
+    ``x.reshape(..., H // 2, 2, ...)`` makes Dynamo guard ``Mod(H, H // 2) == 0`` and
+    ``H // (H // 2) == 2`` (guards hold whenever the graph runs; none is added here). Writing
+    ``H`` as ``2 * w`` keeps every size an integer polynomial, so ``2 * (H // 2)`` is ``H``
+    and a patch split of a dynamic axis is proven like a static one. Stored on the ShapeEnv
+    (symbols belong to it), so to_expr applies it; to_env undoes it for ShapeEnv queries."""
+    from torch.utils._sympy.functions import FloorDiv
+    if env is None:
+        return {}
+    found: dict = {}
+    for node in graph.nodes:
+        v = val(node)
+        for t in v if isinstance(v, (tuple, list)) else (v,):
+            sizes = t.shape if isinstance(t, torch.Tensor) else (t,) if isinstance(t, torch.SymInt) else ()
+            for size in sizes:
+                if isinstance(size, torch.SymInt):
+                    for f in sympy.sympify(size.node.expr).atoms(FloorDiv):
+                        a, b = f.args
+                        if isinstance(a, sympy.Symbol) and b.is_Integer and int(b) > 1:
+                            found.setdefault(a, set()).add(int(b))
+    whole = {}
+    for sym, ks in found.items():
+        proven = sorted(k for k in ks if _guarded_exact(sym, k, env))
+        if proven and all(proven[-1] % k == 0 for k in proven):  # one multiple explains them all
+            k = proven[-1]
+            whole[sym] = (k, sympy.Symbol(f"{sym}_over_{k}", integer=True, positive=True))
+    setattr(env, _WHOLE, whole)
+    return whole
+
+
+def _guarded_exact(a, b, env) -> bool:
+    """The installed guards prove the integer ``b`` divides ``a``."""
+    try:
+        from torch.utils._sympy.functions import FloorDiv, Mod
+        static = env._maybe_evaluate_static
+        if static(sympy.Eq(Mod(a, b), 0)) is sympy.true:
+            return True
+        f = FloorDiv(a, b)
+        return static(sympy.Eq(Mod(a, f), 0)) is sympy.true and static(sympy.Eq(FloorDiv(a, f), b)) is sympy.true
+    except Exception:  # private API; no proof means not a multiple
+        return False
+
+
+def to_env(expr, env):
+    """``expr`` in the ShapeEnv's own symbols (each whole symbol ``w`` back to ``s // k``)."""
+    whole = _whole_map(env)
+    if not whole:
+        return sympy.sympify(expr)
+    from torch.utils._sympy.functions import FloorDiv
+    return sympy.sympify(expr).xreplace({w: FloorDiv(sym, k) for sym, (k, w) in whole.items()})
+
+
+def whole_sources(env) -> dict:
+    """``{w: (s, k)}``: how to compute each whole symbol from a size symbol."""
+    return {w: (sym, k) for sym, (k, w) in _whole_map(env).items()}
 
 
 def shape_of(node, out: int | None = None) -> tuple[sympy.Expr, ...] | None:
@@ -152,7 +221,7 @@ def hint(expr, shape_env=None) -> int | None:
         return None
     try:
         fn = getattr(shape_env, "optimization_hint", None) or shape_env.size_hint
-        return int(fn(expr))
+        return int(fn(to_env(expr, shape_env)))
     except Exception:  # an unbacked symbol has no hint
         return None
 
@@ -169,7 +238,7 @@ def static_int(expr, shape_env=None) -> int | None:
     if h is None:
         return None
     try:
-        got = shape_env._maybe_evaluate_static(sympy.Eq(expr, h))
+        got = shape_env._maybe_evaluate_static(sympy.Eq(to_env(expr, shape_env), h))
     except Exception:  # private API; no proof means not static
         return None
     return h if got == sympy.true else None
@@ -189,6 +258,7 @@ def marked_dynamic(expr, shape_env, dynamic_sources: set) -> list[str]:
     expr = sympy.sympify(expr)
     if shape_env is None or expr.is_Integer:
         return []
+    expr = to_env(expr, shape_env)
     out = []
     for sym in expr.free_symbols:
         for src in shape_env.var_to_sources.get(sym, []):
@@ -206,7 +276,7 @@ def guard_equal(expr, shape_env, dynamic_sources: set) -> int | None:
     v = hint(expr, shape_env)
     if v is None or marked_dynamic(expr, shape_env, dynamic_sources):
         return None
-    shape_env.evaluate_expr(sympy.Eq(expr, v))
+    shape_env.evaluate_expr(sympy.Eq(to_env(expr, shape_env), v))
     return v
 
 
@@ -219,5 +289,5 @@ def guard_at_least(expr, bound: int, shape_env) -> bool:
     v = hint(expr, shape_env)
     if v is None or v < bound:
         return False
-    shape_env.evaluate_expr(sympy.Ge(expr, bound))
+    shape_env.evaluate_expr(sympy.Ge(to_env(expr, shape_env), bound))
     return True

@@ -94,8 +94,8 @@ def enable(pipe, *, dense_steps: Optional[int] = None, policy: Optional[Policy] 
     if not isinstance(policy, Policy):
         raise ValueError(f"policy={policy!r} must be a gna_compile.Policy")
     backend_options = {k: compile_options.pop(k) for k in _BACKEND_OPTIONS if k in compile_options}
-    # One static graph per resolution: Dynamo's automatic dynamic shapes would make the second
-    # resolution's graph symbolic, where some patchify proofs (Cosmos') do not go through yet.
+    # One static graph per resolution (the packed families get one per grid anyway): static
+    # graphs are the simplest to prove, and resolutions are few in a sampling workload.
     compile_options.setdefault("dynamic", False)
     if "backend" in compile_options:
         raise ValueError("enable() compiles with the gna backend; configure it with policy=/inner=, not backend=")
