@@ -78,3 +78,40 @@ def test_needs_an_initialised_group():
     q = torch.randn(1, 2, 8, 4)
     with pytest.raises(RuntimeError, match="init_process_group"):
         ulysses_gna_attention(q, q, q, (8,), 3)
+
+
+def test_tokens_out_of_a_collective_stay_dense_and_say_why():
+    """A compiled model whose q/k/v pass through all-to-alls (diffusers' context parallelism
+    does this): the layout proof does not see through a collective, so the call stays dense,
+    and the reason points to ulysses_gna_attention. (Degree 1, so eager is the oracle.)"""
+    import torch.distributed._functional_collectives as funcol
+    from gna_compile import GNA, Policy
+
+    class SP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Conv2d(3, 32, 2, 2)
+            self.qkv = torch.nn.Linear(32, 96)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            q, k, v = self.qkv(t).view(1, -1, 3, 2, 16).permute(2, 0, 3, 1, 4)
+            q, k, v = (funcol.all_to_all_single(a.contiguous(), None, None, dist.group.WORLD) for a in (q, k, v))
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    with tempfile.TemporaryDirectory() as d:
+        dist.init_process_group("gloo", init_method="file://" + os.path.join(d, "r"), rank=0, world_size=1)
+        try:
+            m = SP().eval()
+            torch._dynamo.reset()
+            be = gna_compile.backend(Policy(default=GNA((3, 3))), inner="aot_eager")
+            x = torch.randn(1, 3, 16, 16)
+            with torch.no_grad():
+                got = torch.compile(m, backend=be)(x)
+                want = m(x)
+            torch.testing.assert_close(got, want)
+            assert be.records and not any(r.rewritten for r in be.records)
+            assert all("collective" in r.reason for r in be.records), [r.reason for r in be.records]
+        finally:
+            dist.destroy_process_group()
+            torch._dynamo.reset()

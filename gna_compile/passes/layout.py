@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from .provenance import Cat, Provenance, dim_size, format_dim
+from .provenance import Cat, Provenance, atoms_of, dim_size, format_dim
 from .spatial import Grid, grid_of
 from .symbolic import hint, same
 
@@ -67,8 +67,26 @@ def _keys_problem(dq, dk) -> str | None:
     return None
 
 
+def _collective_note(*dims) -> str:
+    """A hint when token axes come out of a collective (sequence parallelism)."""
+    for d in dims:
+        for a in atoms_of(d or ()):
+            if str(getattr(a.node, "target", "")).startswith(("_c10d_functional", "c10d")):
+                return ("; the tokens come out of a collective (sequence parallelism), which the layout "
+                        "proof does not see through: for GNA under Ulysses use "
+                        "gna_compile.parallel.ulysses_gna_attention")
+    return ""
+
+
 def token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | str:
     """The layout of a call's tokens, or the reason none is proven."""
+    got = _token_layout(prov, q, k, policy, shape_env)
+    if isinstance(got, str):
+        got += _collective_note(prov.dim(q, 2), prov.dim(k, 2))
+    return got
+
+
+def _token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | str:
     dq, dk = prov.dim(q, 2), prov.dim(k, 2)
     if dq is None or dk is None:
         return "q/k token dims are not tensors of the graph"
