@@ -85,6 +85,8 @@ def test_enable_equals_brute_force_gna_on_the_true_grid(name):
         counts[grid] = seen
     rewritten = [r for r in records(pipe) if r.rewritten]
     assert {tuple(r.grid) for r in rewritten} == set(GRIDS[name]), [(r.module, r.grid, r.reason) for r in records(pipe)]
+    table = gna_compile.pipelines.report(pipe)
+    assert "attention calls rewritten to GNA" in table and all(r.module in table for r in rewritten)
     for grid, seen in counts.items():  # every graph exists after step 0 (dense): the switch compiles nothing
         assert len(seen) == STEPS and len(set(seen)) == 1, (grid, seen)
     gna_compile.disable(pipe)

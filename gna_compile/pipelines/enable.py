@@ -22,7 +22,7 @@ from ..kernels.dispatch import set_dense_mode
 from ..policy import Policy
 from .families import Family, family_of
 
-__all__ = ["enable", "disable", "backends", "records"]
+__all__ = ["enable", "disable", "backends", "records", "report"]
 
 _STATE = "_gna_state"
 _BACKEND_OPTIONS = ("inner", "hoist_permutations")
@@ -145,6 +145,16 @@ def backends(pipe) -> dict:
 def records(pipe) -> list:
     """Every attention call site the backends saw (CallRecord), for explain-style reports."""
     return [r for be in backends(pipe).values() for r in be.records]
+
+
+def report(pipe) -> str:
+    """The explain() table of every call site compiled so far, per token grid."""
+    from ..explain import format_table
+    parts = []
+    for grid, be in backends(pipe).items():
+        head = "grid proven by the graph" if grid is None else f"grid {'x'.join(map(str, grid))} (read from the calls)"
+        parts.append(f"{head}:\n{format_table(be.records)}")
+    return "\n\n".join(parts) if parts else "no transformer call compiled yet"
 
 
 _SUBCLASSES: dict = {}
