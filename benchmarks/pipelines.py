@@ -7,7 +7,8 @@ schedule vs gna on every step, in one run (issue 14).
 Pipelines come from gna_compile.pipelines.offline (random weights, the published configs with
 ``--size full`` at the paper's resolutions: FLUX.1-dev 4K, HunyuanVideo 720p 30x48x80,
 Cosmos 16x44x80, Wan 2.1 14B 720p 81 frames; prompt embeddings passed directly). Each variant
-first runs a 2-step warm-up loop (its wall time is the compile column), then the timed loop:
+first runs a warm-up loop (2 steps; hybrid: its dense steps + 1, so both modes run once; its
+wall time is the compile column), then the timed loop:
 per-step times from the step callback (device synchronised), the decode as the rest of the
 loop. ``--steps`` runs fewer steps than the pipeline's default with ``--dense-steps`` (default:
 the family's dense share of the steps, gna_compile/pipelines/families.py) when a full loop
@@ -100,7 +101,8 @@ def run(name, size, device, steps, dense_steps, variants, compare, log, inner="i
         undo = _enable_variant(pipe, variant, dense_steps, policy, inner)
         try:
             t0 = time.perf_counter()
-            _run_loop(pipe, call, 2, device)  # warm-up: compiles (dense and sparse steps alike)
+            warm = dense_steps + 1 if variant == "hybrid" else 2  # the hybrid warm-up reaches a sparse step
+            _run_loop(pipe, call, warm, device)  # warm-up: compiles, and runs each mode once
             compile_s = time.perf_counter() - t0
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()

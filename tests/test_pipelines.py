@@ -216,3 +216,44 @@ def test_a_forward_the_module_already_had_is_kept():
     assert len(seen) == 2
     gna_compile.disable(pipe)
     assert tr.forward is hooked
+
+
+def test_schedule_inside_dense_attention_stays_dense():
+    """A user's dense_attention() around the call wins over the schedule: every step dense."""
+    from gna_compile.kernels import dispatch
+    pipe, call, _ = tp.flux()
+    gna_compile.enable(pipe, dense_steps=1, inner="eager")
+    modes = []
+    orig = pipe.transformer.forward
+    pipe.transformer.forward = lambda *a, **kw: modes.append(dispatch.dense_mode()) or orig(*a, **kw)
+    with gna_compile.dense_attention():
+        pipe(**call((4, 6)), num_inference_steps=3, output_type="latent")
+    assert modes == [True] * 3
+    pipe.transformer.forward = orig
+    gna_compile.disable(pipe)
+
+
+def test_shared_transformer_and_later_hooks_are_refused():
+    """Two pipelines sharing one transformer cannot both be enabled, and disable() refuses to
+    drop a hook installed after enable()."""
+    import diffusers
+    pipe, call, _ = tp.flux()
+    twin = diffusers.FluxPipeline(**pipe.components)
+    gna_compile.enable(pipe, inner="eager")
+    with pytest.raises(ValueError, match="shares it"):
+        gna_compile.enable(twin)
+    ours = pipe.transformer.forward
+    pipe.transformer.forward = lambda *a, **kw: ours(*a, **kw)  # a hook added later
+    with pytest.raises(ValueError, match="replaced after gna_compile.enable"):
+        gna_compile.disable(pipe)
+    pipe.transformer.forward = ours
+    gna_compile.disable(pipe)
+    assert "forward" not in pipe.transformer.__dict__
+
+
+@pytest.mark.parametrize("opts", [dict(mode="reduce-overhead"), dict(mode="max-autotune"),
+                                  dict(options={"triton.cudagraphs": True})])
+def test_cuda_graph_modes_are_refused(opts):
+    pipe, _, _ = tp.flux()
+    with pytest.raises(ValueError, match="CUDA-graph replay"):
+        gna_compile.enable(pipe, **opts)

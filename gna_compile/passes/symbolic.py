@@ -125,7 +125,7 @@ def learn_whole_quotients(graph, env) -> dict:
         proven = sorted(k for k in ks if _guarded_exact(sym, k, env))
         if proven and all(proven[-1] % k == 0 for k in proven):  # one multiple explains them all
             k = proven[-1]
-            whole[sym] = (k, sympy.Symbol(f"{sym}_over_{k}", integer=True, positive=True))
+            whole[sym] = (k, sympy.Symbol(f"{sym}_over_{k}", integer=True, nonnegative=True))
     setattr(env, _WHOLE, whole)
     return whole
 

@@ -39,6 +39,7 @@ class _State:
     backend_options: dict
     had_forward: bool
     old_forward: object = None
+    dispatcher: object = None
     compiled: dict = field(default_factory=dict)   # grid (or None) -> compiled forward
     backends: dict = field(default_factory=dict)   # grid (or None) -> GNABackend
     warned: set = field(default_factory=set)
@@ -67,6 +68,9 @@ def _check_pipe(pipe):
     if not isinstance(transformer, torch.nn.Module):
         raise ValueError(f"pipe={type(pipe).__name__}: enable() needs a pipeline with a `transformer` "
                          f"module, got {type(transformer).__name__}")
+    if getattr(transformer.__dict__.get("forward"), "_gna_state", None) is not None:
+        raise ValueError(f"pipe.transformer is already enabled through another pipeline that shares it; call "
+                         f"gna_compile.disable on that pipeline first")
     if isinstance(transformer, torch._dynamo.eval_frame.OptimizedModule):
         raise ValueError(f"pipe.transformer is already compiled ({type(transformer).__name__}); pass the "
                          f"uncompiled pipeline to enable()")
@@ -93,6 +97,10 @@ def enable(pipe, *, dense_steps: Optional[int] = None, policy: Optional[Policy] 
     policy = Policy() if policy is None else policy
     if not isinstance(policy, Policy):
         raise ValueError(f"policy={policy!r} must be a gna_compile.Policy")
+    mode = compile_options.get("mode")
+    if mode in ("reduce-overhead", "max-autotune") or (compile_options.get("options") or {}).get("triton.cudagraphs"):
+        raise ValueError(f"mode={mode!r}: CUDA-graph replay would freeze the dense/sparse schedule (the GNA op "
+                         f"reads it at run time); use the default mode or 'max-autotune-no-cudagraphs'")
     backend_options = {k: compile_options.pop(k) for k in _BACKEND_OPTIONS if k in compile_options}
     # One static graph per resolution (the packed families get one per grid anyway): static
     # graphs are the simplest to prove, and resolutions are few in a sampling workload.
@@ -117,6 +125,8 @@ def enable(pipe, *, dense_steps: Optional[int] = None, policy: Optional[Policy] 
                               f"its attention is left to the graph's proof", stacklevel=2)
         return state.forward_for(grid)(*args, **kwargs)
 
+    forward._gna_state = state
+    state.dispatcher = forward
     transformer.forward = forward
     setattr(pipe, _STATE, state)
     pipe.__class__ = _subclass(type(pipe))
@@ -128,6 +138,9 @@ def disable(pipe):
     state = getattr(pipe, _STATE, None)
     if state is None:
         raise ValueError(f"pipe={type(pipe).__name__} is not enabled (gna_compile.enable was not called on it)")
+    if state.transformer.__dict__.get("forward") is not state.dispatcher:
+        raise ValueError("pipe.transformer.forward was replaced after gna_compile.enable (a hook?); remove that "
+                         "hook first, so that disable() does not drop it")
     if state.had_forward:
         state.transformer.forward = state.old_forward
     else:
@@ -203,11 +216,11 @@ def _subclass(cls):
         def on_step_end(pipe, i, t, cb_kwargs):
             out = user(pipe, i, t, cb_kwargs) if user is not None else {}
             if i + 1 >= n:
-                set_dense_mode(False)
+                set_dense_mode(prev)  # the mode the call began in (dense inside a dense_attention())
             return {} if out is None else out
 
         kwargs["callback_on_step_end"] = on_step_end
-        prev = set_dense_mode(True)
+        prev = set_dense_mode(True)  # (on_step_end reads prev: set before the loop runs)
         try:
             return cls.__call__(self, *args, **kwargs)
         finally:
