@@ -3,20 +3,15 @@ joins the JSON of several runs into one report."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
+
+from scripts import load_script
 
 pytest.importorskip("diffusers")
 
 
 def _load():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "models.py")
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/models.py", "bench_models")
 
 
 def test_models_benchmark_smoke(capsys):

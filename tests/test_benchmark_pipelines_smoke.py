@@ -4,22 +4,18 @@ is tested in test_pipelines.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
+
+from scripts import load_script
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 
 def _load():
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "pipelines.py")
-    spec = importlib.util.spec_from_file_location("bench_pipelines", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/pipelines.py", "bench_pipelines")
 
 
 def test_pipelines_benchmark_smoke(tmp_path, capsys):

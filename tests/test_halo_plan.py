@@ -2,9 +2,7 @@
 brute force over the dense GNA mask: for each rank's slab of queries, the keys it attends
 that other ranks own."""
 
-import importlib.util
 import itertools
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -12,14 +10,11 @@ import torch
 
 from gna_compile.config import make_spec
 from gna_compile.mask import dense_mask
+from scripts import load_script
 
 
 def _plan():
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "halo_plan.py")
-    spec = importlib.util.spec_from_file_location("halo_plan", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools/halo_plan.py", "halo_plan")
 
 
 @pytest.mark.parametrize("shape,window,stride,tiles,parts", [
