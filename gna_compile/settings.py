@@ -20,10 +20,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["forced_backend", "autotune", "triton_configs", "tma", "gluon_mode", "triton_on_cpu",
-           "interpret", "snapshot", "NAMES"]
-
-NAMES = ("GNA_COMPILE_BACKEND", "GNA_TRITON_AUTOTUNE", "GNA_TRITON_CONFIGS", "GNA_TRITON_TMA",
-         "GNA_GLUON", "GNA_TRITON_ON_CPU")
+           "interpret", "snapshot"]
 
 
 def _get(name: str, default: str = "") -> str:

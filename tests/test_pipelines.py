@@ -257,3 +257,25 @@ def test_cuda_graph_modes_are_refused(opts):
     pipe, _, _ = tp.flux()
     with pytest.raises(ValueError, match="CUDA-graph replay"):
         gna_compile.enable(pipe, **opts)
+
+
+def test_grid_is_read_once_per_id_tensor_and_again_after_it_changes():
+    """The dispatcher keeps the last grid while the very same, unmodified img_ids come back
+    (reading them synchronises with the device); a new tensor or an in-place change is read."""
+    import dataclasses
+    pipe, _, _ = tp.flux()
+    gna_compile.enable(pipe, inner="eager")
+    state = pipe._gna_state
+    reads = []
+    real = state.family.packed_grid
+    state.family = dataclasses.replace(state.family, packed_grid=lambda a, kw: reads.append(1) or real(a, kw))
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(6.0), indexing="ij"),
+                      -1).reshape(-1, 3)
+    assert state.read_grid((), dict(img_ids=ids)) == ((4, 6), "")
+    assert state.read_grid((), dict(img_ids=ids)) == ((4, 6), "") and len(reads) == 1
+    assert state.read_grid((), dict(img_ids=ids.clone()))[0] == (4, 6) and len(reads) == 2
+    other = ids.clone()
+    state.read_grid((), dict(img_ids=other))
+    other.copy_(other.flip(0))  # in place: no longer a row-major enumeration
+    assert state.read_grid((), dict(img_ids=other))[0] is None and len(reads) == 4
+    gna_compile.disable(pipe)

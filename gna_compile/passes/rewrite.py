@@ -15,7 +15,7 @@ import torch
 from torch.fx import Graph
 
 from .record import CallRecord
-from .symbolic import to_expr, val, whole_sources
+from .symbolic import env_expr, find_shape_env, val, whole_sources
 
 __all__ = ["rewrite", "rewrite_backward", "GNA_OP", "SymEmitter", "set_val"]
 
@@ -35,37 +35,27 @@ def set_val(node, fake_mode) -> None:
         node.meta["val"] = node.target(*args, **kwargs)
 
 
-def _raw(size):
-    """A size in the ShapeEnv's own symbols (its replacements applied, no whole quotients)."""
-    if not isinstance(size, torch.SymInt):
-        return sympy.Integer(int(size))
-    expr, env = sympy.sympify(size.node.expr), size.node.shape_env
-    return sympy.sympify(env.replace(expr)) if env is not None and getattr(env, "replacements", None) else expr
-
-
 class SymEmitter:
     """Emits graph nodes computing a sympy size expression from the graph's size symbols."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.sources: dict = {}
-        self.whole: dict = {}  # whole symbol -> (size symbol, k): w = s // k (symbolic.learn_whole_quotients)
+        # whole symbol -> (size symbol, k): w = s // k (symbolic.learn_whole_quotients)
+        self.whole = whole_sources(find_shape_env(graph))
         for n in graph.nodes:
             if n.op != "placeholder":
                 continue
             v = val(n)
-            if isinstance(v, torch.SymInt) and isinstance(_raw(v), sympy.Symbol):
-                self.sources.setdefault(_raw(v), n)
-                self.whole.update(whole_sources(v.node.shape_env))
+            if isinstance(v, torch.SymInt) and isinstance(env_expr(v), sympy.Symbol):
+                self.sources.setdefault(env_expr(v), n)
         for n in graph.nodes:
             v = val(n)
             if n.op == "placeholder" and isinstance(v, torch.Tensor):
                 for d, s in enumerate(v.shape):
-                    e = _raw(s)
+                    e = env_expr(s)
                     if isinstance(e, sympy.Symbol) and e not in self.sources:
                         self.sources[e] = (n, d)
-                    if isinstance(s, torch.SymInt):
-                        self.whole.update(whole_sources(s.node.shape_env))
 
     def emit(self, expr):
         """An int, or a node computing ``expr`` (inserted at the current insertion point)."""

@@ -77,18 +77,26 @@ def _exact_floordiv(expr):
     return sympy.expand(expr.replace(FloorDiv, div))
 
 
+def env_expr(size) -> sympy.Expr:
+    """A size in its ShapeEnv's own symbols: symbols a guard has fixed are their values."""
+    if not isinstance(size, torch.SymInt):
+        return sympy.Integer(int(size))
+    expr, env = sympy.sympify(size.node.expr), size.node.shape_env
+    if env is not None and getattr(env, "replacements", None):
+        expr = sympy.sympify(env.replace(expr))
+    return expr
+
+
 def to_expr(size) -> sympy.Expr:
-    """A size as a sympy expression; symbols a guard has fixed are their values."""
-    if isinstance(size, torch.SymInt):
-        expr = sympy.sympify(size.node.expr)
-        env = size.node.shape_env
-        if env is not None and getattr(env, "replacements", None):
-            expr = env.replace(expr)
-        whole = _whole_map(env)
-        if whole:
-            expr = sympy.sympify(expr).xreplace({sym: k * w for sym, (k, w) in whole.items()})
-        return _exact_floordiv(sympy.sympify(expr))
-    return sympy.Integer(int(size))
+    """A size as the passes compare it: env_expr, with each proven multiple written ``k * w``
+    (learn_whole_quotients) and exact floor divisions divided out."""
+    expr = env_expr(size)
+    if not isinstance(size, torch.SymInt):
+        return expr
+    whole = _whole_map(size.node.shape_env)
+    if whole:
+        expr = expr.xreplace({sym: k * w for sym, (k, w) in whole.items()})
+    return _exact_floordiv(expr)
 
 
 _WHOLE = "_gna_whole_quotients"
@@ -110,16 +118,11 @@ def learn_whole_quotients(graph, env) -> dict:
     if env is None:
         return {}
     found: dict = {}
-    for node in graph.nodes:
-        v = val(node)
-        for t in v if isinstance(v, (tuple, list)) else (v,):
-            sizes = t.shape if isinstance(t, torch.Tensor) else (t,) if isinstance(t, torch.SymInt) else ()
-            for size in sizes:
-                if isinstance(size, torch.SymInt):
-                    for f in sympy.sympify(size.node.expr).atoms(FloorDiv):
-                        a, b = f.args
-                        if isinstance(a, sympy.Symbol) and b.is_Integer and int(b) > 1:
-                            found.setdefault(a, set()).add(int(b))
+    for size in _sym_sizes(graph):
+        for f in sympy.sympify(size.node.expr).atoms(FloorDiv):
+            a, b = f.args
+            if isinstance(a, sympy.Symbol) and b.is_Integer and int(b) > 1:
+                found.setdefault(a, set()).add(int(b))
     whole = {}
     for sym, ks in found.items():
         proven = sorted(k for k in ks if _guarded_exact(sym, k, env))
@@ -199,17 +202,19 @@ def divides(a, b) -> sympy.Expr | None:
     return q
 
 
-def find_shape_env(graph):
-    """The ShapeEnv behind a graph's SymInts (None for a static graph)."""
+def _sym_sizes(graph):
+    """Every SymInt of the graph's values: tensor sizes and SymInt values, in node order."""
     for node in graph.nodes:
         v = val(node)
-        vals = v if isinstance(v, (tuple, list)) else (v,)
-        for t in vals:
-            sizes = t.shape if isinstance(t, torch.Tensor) else (t,)
-            for s in sizes:
+        for t in v if isinstance(v, (tuple, list)) else (v,):
+            for s in t.shape if isinstance(t, torch.Tensor) else (t,):
                 if isinstance(s, torch.SymInt):
-                    return s.node.shape_env
-    return None
+                    yield s
+
+
+def find_shape_env(graph):
+    """The ShapeEnv behind a graph's SymInts (None for a static graph)."""
+    return next((s.node.shape_env for s in _sym_sizes(graph)), None)
 
 
 def hint(expr, shape_env=None) -> int | None:

@@ -67,6 +67,7 @@ class Family:
     pipelines: tuple[str, ...]          # diffusers pipeline class names
     dense_share: float                  # default share of first steps run dense
     packed_grid: Optional[Callable] = None  # (args, kwargs) -> (grid or None, why); None: proven by the graph
+    reads: tuple[str, ...] = ()             # the call's kwargs packed_grid reads
 
     def default_dense_steps(self, num_inference_steps: int) -> int:
         return int(round(self.dense_share * num_inference_steps))
@@ -74,13 +75,14 @@ class Family:
 
 FAMILIES = (
     Family("flux", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlPipeline"),
-           _share("flux"), _flux_grid),
+           _share("flux"), _flux_grid, ("img_ids",)),
     Family("sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"), _share("flux")),
     Family("hunyuan", ("HunyuanVideoPipeline",), _share("hunyuan")),
     Family("cosmos", ("CosmosTextToWorldPipeline", "CosmosVideoToWorldPipeline"), _share("cosmos")),
     Family("wan", ("WanPipeline", "WanImageToVideoPipeline"), _share("hunyuan")),
     Family("cogvideox", ("CogVideoXPipeline",), _share("hunyuan")),
-    Family("ltx", ("LTXPipeline", "LTXImageToVideoPipeline"), _share("hunyuan"), _ltx_grid),
+    Family("ltx", ("LTXPipeline", "LTXImageToVideoPipeline"), _share("hunyuan"), _ltx_grid,
+           ("num_frames", "height", "width")),
 )
 
 

@@ -27,6 +27,17 @@ def _rand(g, *shape, dtype, device):
     return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
 
+def _video_call(text, dim, space, time, dtype, device, extra=lambda g: {}):
+    """``call(grid, g)`` of a video pipeline whose latent token grid (t, h, w) comes from
+    ``height = space * h``, ``width = space * w``, ``num_frames = time * (t - 1) + 1`` (the
+    VAE's and the transformer's patch factors), with random prompt embeddings drawn first."""
+    def call(grid, g):
+        t, h, w = grid
+        return dict(prompt_embeds=_rand(g, 1, text, dim, dtype=dtype, device=device), height=space * h,
+                    width=space * w, num_frames=time * (t - 1) + 1, **extra(g))
+    return call
+
+
 class _NoSafetyChecker(torch.nn.Module):
     """Cosmos' pipeline wants a safety checker (a hub download); random weights need none."""
 
@@ -91,15 +102,10 @@ def _hunyuan(size, device, dtype):
                                           vae=vae.to(device, dtype), text_encoder_2=None, tokenizer_2=None,
                                           scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0))
     text, dim, pooled = (256, 4096, 768) if full else (5, 16, 8)
-    p = tr.config.patch_size
-
-    def call(grid, g):
-        t, h, w = grid
-        mask = torch.ones(1, text, dtype=torch.long, device=device)
-        mask[:, text - max(1, text // 4):] = 0  # a padded prompt tail, as the text encoder gives
-        return dict(prompt_embeds=_rand(g, 1, text, dim, dtype=dtype, device=device),
-                    pooled_prompt_embeds=_rand(g, 1, pooled, dtype=dtype, device=device), prompt_attention_mask=mask,
-                    height=8 * p * h, width=8 * p * w, num_frames=4 * (t - 1) + 1)
+    mask = torch.ones(1, text, dtype=torch.long, device=device)
+    mask[:, text - max(1, text // 4):] = 0  # a padded prompt tail, as the text encoder gives
+    call = _video_call(text, dim, 8 * tr.config.patch_size, 4, dtype, device, lambda g: dict(
+        pooled_prompt_embeds=_rand(g, 1, pooled, dtype=dtype, device=device), prompt_attention_mask=mask))
     return pipe, call
 
 
@@ -123,12 +129,7 @@ def _wan(size, device, dtype):
     pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=vae.to(device), transformer=tr,
                                  scheduler=sched)
     text, dim = (512, 4096) if full else (5, 16)
-
-    def call(grid, g):
-        t, h, w = grid
-        return dict(prompt_embeds=_rand(g, 1, text, dim, dtype=dtype, device=device), height=16 * h, width=16 * w,
-                    num_frames=4 * (t - 1) + 1, guidance_scale=1.0)
-    return pipe, call
+    return pipe, _video_call(text, dim, 16, 4, dtype, device, lambda g: dict(guidance_scale=1.0))
 
 
 def _cosmos(size, device, dtype):
@@ -149,12 +150,7 @@ def _cosmos(size, device, dtype):
                                                vae=vae.to(device, dtype), scheduler=sched,
                                                safety_checker=_NoSafetyChecker())
     text, dim = (512, 1024) if full else (5, 16)
-
-    def call(grid, g):
-        t, h, w = grid
-        return dict(prompt_embeds=_rand(g, 1, text, dim, dtype=dtype, device=device), height=16 * h, width=16 * w,
-                    num_frames=8 * (t - 1) + 1, guidance_scale=1.0)
-    return pipe, call
+    return pipe, _video_call(text, dim, 16, 8, dtype, device, lambda g: dict(guidance_scale=1.0))
 
 
 def _ltx(size, device, dtype):
@@ -171,13 +167,9 @@ def _ltx(size, device, dtype):
     pipe = diffusers.LTXPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae.to(dtype),
                                  text_encoder=None, tokenizer=None, transformer=tr.to(dtype).eval())
     text, dim = (128, 4096) if full else (5, 16)
-
-    def call(grid, g):
-        t, h, w = grid
-        return dict(prompt_embeds=_rand(g, 1, text, dim, dtype=dtype, device=device),
-                    prompt_attention_mask=torch.ones(1, text, dtype=torch.long, device=device),
-                    height=32 * h, width=32 * w, num_frames=8 * (t - 1) + 1, guidance_scale=1.0)
-    return pipe, call
+    mask = torch.ones(1, text, dtype=torch.long, device=device)
+    return pipe, _video_call(text, dim, 32, 8, dtype, device,
+                             lambda g: dict(prompt_attention_mask=mask, guidance_scale=1.0))
 
 
 _BUILDERS = {"flux": _flux, "hunyuan": _hunyuan, "wan": _wan, "cosmos": _cosmos, "ltx": _ltx}

@@ -38,7 +38,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
                                                     natural, out) is None)
     if gluon_ok and gluon_launch.mode() == "forced":
         config = GLUON_FORCED
-    if isinstance(config, GluonConfig):
+    if isinstance(config, GluonConfig) and not gluon_ok:  # a GluonConfig the caller passed
         why = gluon_launch.unsupported_reason(q, k, v, spec, q_tile, kv_tile, P, S, key_mask, natural, out)
         if why is not None:
             raise ValueError(f"config={config}: the Gluon kernel does not take this call ({why})")
