@@ -74,7 +74,8 @@ def compile_case(name, natural=False, config=(8, 3, False), variant=None, key_ma
                                       enable_fp_fusion=True)
 
 
-def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, stale=False, redo=False):
+def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, stale=False, redo=False,
+                       ws=False, pingpong=True):
     """The Gluon kernel (gna_compile/kernels/hopper/gluon_fwd.py) for a perfectly block-sparse case;
     ``heads_in_columns``: q/k/v as views of one packed [B, N, 3, H, D] buffer."""
     from gna_compile.kernels.hopper import gluon_fwd, gluon_launch
@@ -91,7 +92,11 @@ def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, sta
     why = gluon_launch.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False, o)
     if why:
         raise SystemExit(f"{name}: the Gluon kernel does not apply: {why}")
-    grid, args, meta = gluon_launch.launch_args(q, k, v, spec, qt, o, lse, None, P, 0)
+    grid, args, meta = gluon_launch.launch_args(q, k, v, spec, qt, o, lse, None, P, 0, ws=ws)
+    if ws:
+        from gna_compile.kernels.hopper import gluon_ws_fwd
+        return gluon_ws_fwd._gna_fwd_ws.warmup(*args, **meta, **gluon_launch.WS_LAUNCH, grid=grid, NS=stages,
+                                               STALE=stale, REDO=redo, PINGPONG=pingpong, enable_fp_fusion=True)
     return gluon_fwd._gna_fwd_gluon.warmup(*args, **meta, grid=grid, num_warps=8, NS=stages, STALE=stale,
                                            REDO=redo, enable_fp_fusion=True)
 
@@ -180,6 +185,8 @@ def main():
     ap.add_argument("--stages", type=int, default=2, help="K/V stages (--gluon only)")
     ap.add_argument("--stale", action="store_true", help="frozen row max (--gluon only)")
     ap.add_argument("--redo", action="store_true", help="the redo launch of --stale (--gluon only)")
+    ap.add_argument("--ws", action="store_true", help="the warp-specialised Gluon kernel (hopper/gluon_ws_fwd.py)")
+    ap.add_argument("--no-pingpong", action="store_true", help="--ws without the consumers' turn-taking")
     ap.add_argument("--sass", help="write the SASS of the last compiled kernel here")
     ap.add_argument("--ptx", help="write the PTX of the last compiled kernel here")
     ap.add_argument("--json", help="write the summaries ({case: summary}) to this file")
@@ -192,7 +199,8 @@ def main():
     results = {}
     for name in a.case or list(CASES):
         if a.gluon:
-            kernel = compile_gluon_case(name, a.head_dim, a.packed, a.stages, a.stale, a.redo)
+            kernel = compile_gluon_case(name, a.head_dim, a.packed, a.stages, a.stale, a.redo, a.ws,
+                                        not a.no_pingpong)
         else:
             kernel = compile_case(name, a.natural, cfg, variant, a.key_mask, not a.no_tma)
         results[name] = summarize(kernel)

@@ -46,18 +46,24 @@ class TritonConfig:
 
 @dataclass(frozen=True)
 class GluonConfig:
-    """The Gluon kernel (gluon_fwd._gna_fwd_gluon): K/V ``stages`` (2 or 3) and the frozen
-    row max (``stale``, with its redo launch)."""
+    """A Gluon kernel: K/V ``stages`` (2 or 3), the frozen row max (``stale``, with its redo
+    launch), ``ws``: the warp-specialised kernel (gluon_ws_fwd._gna_fwd_ws) instead of
+    gluon_fwd._gna_fwd_gluon, and there ``pingpong``: its two consumer warpgroups take turns
+    to issue their matmuls."""
     stages: int = 2
     stale: bool = True
+    ws: bool = False
+    pingpong: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "stale", bool(self.stale))
+        for f in ("stale", "ws", "pingpong"):
+            object.__setattr__(self, f, bool(getattr(self, f)))
         if self.stages not in (2, 3):
             raise ValueError(f"{self}: stages must be 2 or 3")
 
     def __str__(self):
-        return f"gluon(stages={self.stages}" + (", stale" if self.stale else "") + ")"
+        return (("gluon_ws" if self.ws else "gluon") + f"(stages={self.stages}" + (", stale" if self.stale else "")
+                + (", no pingpong" if self.ws and not self.pingpong else "") + ")")
 
 
 _TRITON_DEFAULTS = {

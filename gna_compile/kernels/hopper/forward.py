@@ -49,7 +49,8 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
     def launch(cfg):
         if isinstance(cfg, GluonConfig):
             gluon_launch.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse, extra_prefix=P,
-                                           extra_suffix=S, stages=cfg.stages, stale=cfg.stale)
+                                           extra_suffix=S, stages=cfg.stages, stale=cfg.stale, ws=cfg.ws,
+                                           pingpong=cfg.pingpong)
         else:
             triton_launch.launch(cfg, grid, args, meta, sixteen_bit)
 

@@ -30,6 +30,12 @@ from .gluon_fwd import HAVE_GLUON
 
 if HAVE_GLUON:
     from .gluon_fwd import TensorDescriptor, _gna_fwd_gluon, gl
+    from .gluon_ws_fwd import _gna_fwd_ws
+
+# The warp-specialised kernel: 4 warps per consumer warpgroup (the default partition is the
+# first), 1 producer warp, 12 warps in all. 168 registers x 384 threads fill the register
+# file; the partitions then move them to 240 per consumer thread and 32 per producer thread.
+WS_LAUNCH = dict(num_warps=4, maxnreg=168)
 
 __all__ = ["HAVE_GLUON", "mode", "enabled", "unsupported_reason", "launch_args", "gna_forward_gluon"]
 
@@ -105,9 +111,11 @@ def _all_full(spec, q_tile) -> bool:
     return vis == full
 
 
-def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0):
+def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0, ws=False):
     """``(grid, args, meta)`` of one launch (also used to compile offline). The caller has
-    checked ``unsupported_reason`` (and that ``out`` has a supported layout)."""
+    checked ``unsupported_reason`` (and that ``out`` has a supported layout). ``ws``: for the
+    warp-specialised kernel (gluon_ws_fwd.py): Q and O move in 64-row halves, one per consumer
+    warpgroup, and FLAGS has an entry per half."""
     B, H, N, D = q.shape
     Hkv = k.shape[1]
     shape3, win3, str3, tq3 = (C.pad3(t, 1) for t in (spec.shape, spec.window, spec.stride, q_tile))
@@ -116,21 +124,23 @@ def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, ext
     if N != P + NG + S or lse.shape != (B, H, N) or not lse.is_contiguous():
         raise ValueError(f"tokens {N} != {P} + {NG} + {S}, or lse is not a contiguous [B, H, N]")
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    smem = gl.NVMMASharedLayout.get_default_for([C.GLUON_BLOCK, D], gdt)
     descs, coords = [], []
-    for x in (q, k, v, out):
+    for name, x in (("q", q), ("k", k), ("v", v), ("out", out)):
         lay = _layout(x)
         if lay is None:
-            raise ValueError(f"layout with strides {tuple(x.stride())} not supported")
+            raise ValueError(f"{name}: layout with strides {tuple(x.stride())} not supported")
         rows, cols, pitch, rb, rh, ch = lay
-        descs.append(TensorDescriptor(x, [rows, cols], [pitch, 1], [C.GLUON_BLOCK, D], smem))
+        block = [C.GLUON_BLOCK // 2 if ws and name in ("q", "out") else C.GLUON_BLOCK, D]
+        smem = gl.NVMMASharedLayout.get_default_for(block, gdt)
+        descs.append(TensorDescriptor(x, [rows, cols], [pitch, 1], block, smem))
         coords += [rb, rh, ch]
     scale = D ** -0.5 if scale is None else scale
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     nxq = (P + S) // C.GLUON_BLOCK
     grid = (nxq + math.prod(nt), H, B)
-    flags = torch.empty(math.prod(grid), dtype=torch.int32, device=q.device)  # STALE: Q tiles to redo
+    # STALE: Q tiles (ws: halves) to redo
+    flags = torch.empty(math.prod(grid) * (2 if ws else 1), dtype=torch.int32, device=q.device)
     ranges = ranges_table(shape3, win3, str3, tq3, q.device)
     args = (*descs, lse, flags, N, H // Hkv, *nt, P, NG, P // C.GLUON_BLOCK, nxq, nxq, *coords,
             ranges, max(nt), scale * C.LOG2E)
@@ -156,18 +166,24 @@ def _ranges_table(shape3, win3, str3, tq3, device):
 
 
 def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8, overlap=True,
-                      extra_prefix=0, extra_suffix=0, stages=2, stale=False, redo=True):
+                      extra_prefix=0, extra_suffix=0, stages=2, stale=False, redo=True, ws=False, pingpong=True):
     """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout, extra tokens
     around the grid); returns ``(out, lse)`` in that layout. ``stages``: K/V buffers (2 or 3);
     ``stale``: frozen row max, then the redo launch (``redo=False`` only shows, in a test,
-    what the frozen pass alone gives); ``overlap=False``: the debugging baseline (see kernel)."""
+    what the frozen pass alone gives); ``overlap=False``: the debugging baseline (see kernel).
+    ``ws``: the warp-specialised kernel (gluon_ws_fwd.py; ``num_warps`` and ``overlap`` do not
+    apply), ``pingpong``: its consumer warpgroups take turns to issue their matmuls."""
     if stages not in (2, 3):
         raise ValueError(f"stages must be 2 or 3, got {stages}")
     B, H, N, D = q.shape
     out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if lse is None else lse
-    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale, extra_prefix, extra_suffix)
+    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale, extra_prefix, extra_suffix, ws=ws)
     for second in (False, True) if stale and redo else (False,):
-        _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, NS=stages, STALE=bool(stale), REDO=second,
-                             OVERLAP=overlap, enable_fp_fusion=True)
+        if ws:
+            _gna_fwd_ws[grid](*args, **meta, **WS_LAUNCH, NS=stages, STALE=bool(stale), REDO=second,
+                              PINGPONG=bool(pingpong), enable_fp_fusion=True)
+        else:
+            _gna_fwd_gluon[grid](*args, **meta, num_warps=num_warps, NS=stages, STALE=bool(stale), REDO=second,
+                                 OVERLAP=overlap, enable_fp_fusion=True)
     return out, lse
