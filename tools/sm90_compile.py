@@ -92,7 +92,7 @@ def compile_gluon_case(name, head_dim=128, heads_in_columns=False, stages=2, sta
     why = gluon_launch.unsupported_reason(q, k, v, spec, qt, kt, P, 0, None, False, o)
     if why:
         raise SystemExit(f"{name}: the Gluon kernel does not apply: {why}")
-    grid, args, meta = gluon_launch.launch_args(q, k, v, spec, qt, o, lse, None, P, 0, ws=ws)
+    grid, args, meta = gluon_launch.launch_args(q, k, v, spec, qt, o, lse, None, P, 0, ws=ws, persistent=ws)
     if ws:
         from gna_compile.kernels.hopper import gluon_ws_fwd
         return gluon_ws_fwd._gna_fwd_ws.warmup(*args, **meta, **gluon_launch.WS_LAUNCH, grid=grid, NS=stages,

@@ -47,7 +47,7 @@ LADDER = {
 }
 
 
-def rung(name, overlap, stages=2, stale=False, ws=False):
+def rung(name, overlap, stages=2, stale=False, ws=False, persistent=False):
     """One rung; with ``ws`` (the warp-specialised kernel) ``overlap`` is its ping-pong."""
     shape, w, s, qt, B, H, Hkv, D, dtype, P, S, packed = LADDER[name]
     spec = make_spec(shape, w, s)
@@ -68,7 +68,7 @@ def rung(name, overlap, stages=2, stale=False, ws=False):
     try:
         gluon_launch.gna_forward_gluon(*tiled, spec, qt, 0.8 / math.sqrt(D), out, lse, overlap=overlap,
                                        extra_prefix=P, extra_suffix=S, stages=stages, stale=stale, ws=ws,
-                                       pingpong=overlap)
+                                       pingpong=overlap, persistent=persistent)
         torch.cuda.synchronize()
     except Exception as e:  # report and go on with the ladder
         return dict(case=name, overlap=overlap, error=f"{type(e).__name__}: {e}"[:300])
@@ -99,12 +99,13 @@ def main():
     ap.add_argument("--stale", action="store_true", help="frozen row max (with its redo launch)")
     ap.add_argument("--ws", action="store_true",
                     help="the warp-specialised kernel (gluon_ws_fwd.py); its two columns: ping-pong off, on")
+    ap.add_argument("--persistent", action="store_true", help="--ws with one program per SM")
     a = ap.parse_args()
     print(f"# {torch.cuda.get_device_name()}; torch {torch.__version__}; triton {__import__('triton').__version__}")
     rows = []
     for name in LADDER:
         for overlap in (False, True):
-            r = rung(name, overlap, a.stages, a.stale, a.ws)
+            r = rung(name, overlap, a.stages, a.stale, a.ws, a.persistent)
             rows.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n{'case':<18}{'kv/q':>5} {'baseline':>10} {'overlap':>10}")
@@ -114,7 +115,7 @@ def main():
                           else f"{r['rel_err']:.1e}{'' if r['ok'] else '!'}")
         print(f"{name:<18}{o.get('kv_tiles_per_q_tile', 0):5.0f} {cell(b):>10} {cell(o):>10}")
     if a.out:
-        tag = ("_ws" if a.ws else "") + f"_ns{a.stages}" + ("_stale" if a.stale else "")
+        tag = ("_ws" if a.ws else "") + ("_persistent" if a.persistent else "") + f"_ns{a.stages}" + ("_stale" if a.stale else "")
         with open(os.path.join(a.out, f"gluon_debug{tag}.json"), "w") as f:
             json.dump(rows, f, indent=1)
 

@@ -30,11 +30,11 @@ from gna_compile.kernels.triton_permute import permute_tokens_triton  # noqa: E4
 VARIANTS = {
     "triton": TritonConfig(8, 3, stale=True),
     "gluon": GluonConfig(2, True),
-    "ws2s": GluonConfig(2, True, ws=True),
-    "ws3s": GluonConfig(3, True, ws=True),
-    "ws2x": GluonConfig(2, False, ws=True),
-    "ws2s_nopp": GluonConfig(2, True, ws=True, pingpong=False),
-    "ws3x": GluonConfig(3, False, ws=True),
+    "ws": GluonConfig(2, True, ws=True),
+    "ws_nopp": GluonConfig(2, True, ws=True, pingpong=False),
+    "ws_pers": GluonConfig(2, True, ws=True, persistent=True),
+    "ws_pers_nopp": GluonConfig(2, True, ws=True, pingpong=False, persistent=True),
+    "ws_pers_x": GluonConfig(2, False, ws=True, persistent=True),
 }
 BLOCK_SPARSE = "flux_s16,hunyuan_s16x8x8,cosmos_bs90,flux_s16_text512"
 

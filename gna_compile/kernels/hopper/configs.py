@@ -49,29 +49,37 @@ class GluonConfig:
     """A Gluon kernel: K/V ``stages`` (2 or 3), the frozen row max (``stale``, with its redo
     launch), ``ws``: the warp-specialised kernel (gluon_ws_fwd._gna_fwd_ws) instead of
     gluon_fwd._gna_fwd_gluon, and there ``pingpong``: its two consumer warpgroups take turns
-    to issue their matmuls."""
+    to issue their matmuls, and ``persistent``: one program per SM walks the (Q tile, head,
+    batch) items, the next item's loads overlapping the current one's end. The
+    warp-specialised kernel double-buffers Q and stages O apart, so with head dim 128 it
+    takes 2 stages only (shared memory)."""
     stages: int = 2
     stale: bool = True
     ws: bool = False
     pingpong: bool = True
+    persistent: bool = False
 
     def __post_init__(self):
-        for f in ("stale", "ws", "pingpong"):
+        for f in ("stale", "ws", "pingpong", "persistent"):
             object.__setattr__(self, f, bool(getattr(self, f)))
         if self.stages not in (2, 3):
             raise ValueError(f"{self}: stages must be 2 or 3")
 
     def __str__(self):
         return (("gluon_ws" if self.ws else "gluon") + f"(stages={self.stages}" + (", stale" if self.stale else "")
-                + (", no pingpong" if self.ws and not self.pingpong else "") + ")")
+                + (", no pingpong" if self.ws and not self.pingpong else "")
+                + (", persistent" if self.ws and self.persistent else "") + ")")
 
 
 _TRITON_DEFAULTS = {
     128: (TritonConfig(8, 3, stale=True), TritonConfig(8, 3, fma_exp=2, stale=True), TritonConfig(8, 3)),
     64: (TritonConfig(4, 2, stale=True), TritonConfig(4, 2), TritonConfig(4, 3), TritonConfig(8, 2)),
 }
-GLUON_CANDIDATES = (GluonConfig(2, True), GluonConfig(3, True))
-GLUON_FORCED = GluonConfig(2, True)        # what GNA_GLUON=1 runs, untimed
+# Run 11 (H200): the warp-specialised kernel, 626-673 TFLOP/s, beat the other Gluon kernel
+# (515-555) on every block-sparse case; persistent won except with FLUX's text tiles.
+GLUON_CANDIDATES = tuple(GluonConfig(2, True, ws=True, pingpong=pp, persistent=pe)
+                         for pp in (False, True) for pe in (True, False))
+GLUON_FORCED = GluonConfig(2, True, ws=True, pingpong=False, persistent=True)  # GNA_GLUON=1, untimed
 INTERPRET_CONFIG = TritonConfig(4, 1)      # TRITON_INTERPRET=1: the launch config does not matter
 
 

@@ -50,7 +50,7 @@ def gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0, 
         if isinstance(cfg, GluonConfig):
             gluon_launch.gna_forward_gluon(q, k, v, spec, q_tile, scale, out, lse, extra_prefix=P,
                                            extra_suffix=S, stages=cfg.stages, stale=cfg.stale, ws=cfg.ws,
-                                           pingpong=cfg.pingpong)
+                                           pingpong=cfg.pingpong, persistent=cfg.persistent)
         else:
             triton_launch.launch(cfg, grid, args, meta, sixteen_bit)
 

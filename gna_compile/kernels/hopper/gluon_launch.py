@@ -36,6 +36,7 @@ if HAVE_GLUON:
 # first), 1 producer warp, 12 warps in all. 168 registers x 384 threads fill the register
 # file; the partitions then move them to 240 per consumer thread and 32 per producer thread.
 WS_LAUNCH = dict(num_warps=4, maxnreg=168)
+WS_MAX_STAGES = {128: 2, 64: 3}  # Q x2 + O + stages x K/V within 227 KB
 
 __all__ = ["HAVE_GLUON", "mode", "enabled", "unsupported_reason", "launch_args", "gna_forward_gluon"]
 
@@ -111,11 +112,13 @@ def _all_full(spec, q_tile) -> bool:
     return vis == full
 
 
-def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0, ws=False):
+def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, extra_suffix=0, ws=False,
+                persistent=False):
     """``(grid, args, meta)`` of one launch (also used to compile offline). The caller has
     checked ``unsupported_reason`` (and that ``out`` has a supported layout). ``ws``: for the
     warp-specialised kernel (gluon_ws_fwd.py): Q and O move in 64-row halves, one per consumer
-    warpgroup, and FLAGS has an entry per half."""
+    warpgroup, FLAGS has an entry per half, and the programs walk the (Q tile, head, batch)
+    items; ``persistent``: one program per SM (else one per item)."""
     B, H, N, D = q.shape
     Hkv = k.shape[1]
     shape3, win3, str3, tq3 = (C.pad3(t, 1) for t in (spec.shape, spec.window, spec.stride, q_tile))
@@ -145,7 +148,18 @@ def launch_args(q, k, v, spec, q_tile, out, lse, scale=None, extra_prefix=0, ext
     args = (*descs, lse, flags, N, H // Hkv, *nt, P, NG, P // C.GLUON_BLOCK, nxq, nxq, *coords,
             ranges, max(nt), scale * C.LOG2E)
     meta = dict(T0=tq3[0], T1=tq3[1], T2=tq3[2])
+    if ws:
+        n_items = math.prod(grid)
+        args += (grid[0], H, n_items)
+        grid = (min(n_items, _sm_count(q.device)) if persistent else n_items,)
     return grid, args, meta
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 132  # offline compiles (tools/sm90_compile.py): an H100/H200
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def ranges_table(shape3, win3, str3, tq3, device):
@@ -166,19 +180,26 @@ def _ranges_table(shape3, win3, str3, tq3, device):
 
 
 def gna_forward_gluon(q, k, v, spec, q_tile, scale=None, out=None, lse=None, num_warps=8, overlap=True,
-                      extra_prefix=0, extra_suffix=0, stages=2, stale=False, redo=True, ws=False, pingpong=True):
+                      extra_prefix=0, extra_suffix=0, stages=2, stale=False, redo=True, ws=False, pingpong=True,
+                      persistent=False):
     """Launch on tiled-order tensors ``[B, H, N, D]`` (``permute_tokens`` layout, extra tokens
     around the grid); returns ``(out, lse)`` in that layout. ``stages``: K/V buffers (2 or 3);
     ``stale``: frozen row max, then the redo launch (``redo=False`` only shows, in a test,
     what the frozen pass alone gives); ``overlap=False``: the debugging baseline (see kernel).
     ``ws``: the warp-specialised kernel (gluon_ws_fwd.py; ``num_warps`` and ``overlap`` do not
-    apply), ``pingpong``: its consumer warpgroups take turns to issue their matmuls."""
+    apply), ``pingpong``: its consumer warpgroups take turns to issue their matmuls,
+    ``persistent``: one program per SM walking the items (the next item's loads overlap the
+    current one's end)."""
     if stages not in (2, 3):
         raise ValueError(f"stages must be 2 or 3, got {stages}")
     B, H, N, D = q.shape
+    if ws and stages > WS_MAX_STAGES[D]:
+        raise ValueError(f"stages={stages}: the warp-specialised kernel takes at most {WS_MAX_STAGES[D]} with "
+                         f"head dim {D} (shared memory)")
     out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device) if out is None else out
     lse = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if lse is None else lse
-    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale, extra_prefix, extra_suffix, ws=ws)
+    grid, args, meta = launch_args(q, k, v, spec, q_tile, out, lse, scale, extra_prefix, extra_suffix, ws=ws,
+                                   persistent=persistent)
     for second in (False, True) if stale and redo else (False,):
         if ws:
             _gna_fwd_ws[grid](*args, **meta, **WS_LAUNCH, NS=stages, STALE=bool(stale), REDO=second,
