@@ -19,7 +19,7 @@ two heads (relative L2 error) and refuses to time a wrong kernel. Every time is 
 of ``--rounds`` do_bench medians taken in rotated order (spreads are in the JSON).
 The autotuner (kernels/hopper/forward.gna_forward) picks, per problem, among the Triton kernel's launch
 configs and, for perfectly block-sparse calls in tiled order, the Gluon kernel's variants
-(kernels/hopper/gluon_fwd.py); the table prints its choice. ``--gluon`` also times the Gluon kernel alone
+(kernels/hopper/gluon_ws_fwd.py, gluon_fwd.py); the table prints its choice. ``--gluon`` also times the Gluon kernel alone
 (configs.GLUON_FORCED) where it applies, checked like the others, in the same rounds.
 """
 
@@ -172,9 +172,8 @@ def run_case(name, cfg, check, flex_ok, log, gluon=False, flash_ok=True):
         if why is None:
             o_g = torch.empty_like(qp)
             l_g = torch.empty(1, H, qp.shape[2], device="cuda", dtype=torch.float32)
-            gluon_fn = lambda: gluon_launch.gna_forward_gluon(qp, kp, vp, spec, qt, scale, o_g, l_g,  # noqa: E731
-                                                           extra_prefix=P, stages=GLUON_FORCED.stages,
-                                                              stale=GLUON_FORCED.stale)
+            gluon_fn = lambda: forward.gna_forward(qp, kp, vp, spec, qt, kt, P, 0, scale, natural=False,  # noqa: E731
+                                                   out=o_g, lse=l_g, config=GLUON_FORCED)
             try:
                 gluon_fn()
                 torch.cuda.synchronize()

@@ -55,6 +55,19 @@ if HAVE_GLUON:
         return gl.where(t < n_box, P + ((c0 * NT1 + c1) * NT2 + c2) * BM, extra)
 
     @gluon.jit
+    def _softmax_step(s, m, l, qk_scale, STALE: gl.constexpr):
+        """One KV tile's online softmax in base 2: ``(p, m, l, alpha)``, o to be rescaled by
+        alpha. STALE: the row max stays frozen (alpha is not used then)."""
+        if STALE:
+            p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
+            return p, m, l + gl.sum(p, 1), m
+        else:
+            m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
+            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m - m_new)
+            return p, m_new, l * alpha + gl.sum(p, 1), alpha
+
+    @gluon.jit
     def _load(desc, row, col, bar, dst, pred):
         mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
         _tma_load(desc, [row, col], bar, dst, pred=pred)
@@ -111,15 +124,7 @@ if HAVE_GLUON:
             _load(k_desc, k_base + tok, k_col, bk.index(st), k_s.index(st), t + NS < n_kv)
             k0, k1, k2 = _next(k0, k1, k2, lo1, lo2, hi1, hi2)
             # Softmax of tile t while PV of tile t-1 runs.
-            if STALE:
-                p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
-                l = l + gl.sum(p, 1)
-            else:
-                m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
-                p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-                alpha = gl.exp2(m - m_new)
-                l = l * alpha + gl.sum(p, 1)
-                m = m_new
+            p, m, l, alpha = _softmax_step(s, m, l, qk_scale, STALE)
             p_next = gl.convert_layout(p.to(dt), p_l)
             # The PV in flight reads p_op from registers: it stays alive until this wait; p_next
             # is a dependency too, so that the softmax is computed before the wait, not sunk

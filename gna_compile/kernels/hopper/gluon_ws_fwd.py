@@ -28,7 +28,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
                                                                   warpgroup_mma, warpgroup_mma_wait)
 
-    from .gluon_fwd import _cta_barrier, _next, _tma_load, _tma_store, _token
+    from .gluon_fwd import _cta_barrier, _next, _softmax_step, _tma_load, _tma_store, _token
 
     _LN2 = gl.constexpr(C.LN2)
     _SUM_MIN = gl.constexpr(C.ROW_SUM_MIN)
@@ -196,15 +196,7 @@ if HAVE_GLUON:
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                     mbarrier.arrive(k_empty.index(st))
                     # Softmax of tile t while PV of tile t-1 runs.
-                    if STALE:
-                        p = gl.exp2(s * qk_scale - gl.expand_dims(m, 1))
-                        l = l + gl.sum(p, 1)
-                    else:
-                        m_new = gl.maximum(m, gl.max(s, 1) * qk_scale)
-                        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-                        alpha = gl.exp2(m - m_new)
-                        l = l * alpha + gl.sum(p, 1)
-                        m = m_new
+                    p, m, l, alpha = _softmax_step(s, m, l, qk_scale, STALE)
                     p_next = gl.convert_layout(p.to(dt), p_l)
                     # p_op is read by the PV in flight and p_next must be computed before the
                     # wait: both are dependencies, so the compiler neither frees the one nor sinks
