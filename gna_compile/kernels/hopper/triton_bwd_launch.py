@@ -95,9 +95,11 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
         km = (key_mask.to(torch.int8) if key_mask.dtype == torch.bool else key_mask).contiguous()
     else:
         km = torch.empty(1, 1, dtype=torch.int8, device=q.device)
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    # Zero-filled: padding rows are zero even where a store is skipped (seen with fp64 under
+    # the interpreter, not understood yet).
+    dq = torch.zeros_like(q)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
     delta = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
     opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     _gna_bwd_delta[(triton_cdiv(N, 64), H, B)](
