@@ -83,6 +83,12 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
         if t.stride(-1) != 1:
             raise ValueError(f"{name} needs a contiguous last dim")
     lse = lse.to(torch.float32)
+    if q.dtype == torch.float64:
+        # fp64 runs in fp32 (the accumulation is fp32 anyway): an fp64 launch under the
+        # interpreter stored dQ with the wrong element size (cause not found).
+        grads = launch(*(t.float() for t in (q, k, v, out)), lse, dout.float(), spec, q_tile, kv_tile,
+                       P, S, scale, key_mask, key_mask_grid, config)
+        return tuple(g.double() for g in grads)
     scale = D ** -0.5 if scale is None else scale
     shape3, tq3, tk3 = C.pad3(spec.shape, 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
     win3, str3, dil3 = (C.pad3(x, 1) for x in (spec.window, spec.stride, spec.dilation))
@@ -95,8 +101,7 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
         km = (key_mask.to(torch.int8) if key_mask.dtype == torch.bool else key_mask).contiguous()
     else:
         km = torch.empty(1, 1, dtype=torch.int8, device=q.device)
-    # Zero-filled: padding rows are zero even where a store is skipped (seen with fp64 under
-    # the interpreter, not understood yet).
+    # Zero-filled so that a row no program owns can never hold garbage.
     dq = torch.zeros_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
