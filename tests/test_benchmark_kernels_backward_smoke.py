@@ -57,3 +57,19 @@ def test_main_refuses_without_cuda(kb, monkeypatch):
     monkeypatch.setattr(kb.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="CUDA"):
         kb.main(["--cases", "flux_s16"])
+
+
+def test_gradient_check_passes_gna_and_catches_a_wrong_reference(kb):
+    """The --check plumbing on the CPU (the gna method runs the reference there): GNA's
+    gradients match the GNA reference, and do not match cuDNN's (dense) one."""
+    import torch
+    from gna_compile.config import make_spec
+    spec, P = make_spec((8, 8), (4, 4), (2, 2)), 2
+    calls = kb._methods(spec, (8, 8), (8, 8), P, 0.25)
+    torch.manual_seed(0)
+    q, k, v, g = (torch.randn(1, 2, P + 64, 16) for _ in range(4))
+    assert kb.reference_spec("cudnn", spec).window == (8, 8) and kb.reference_spec("flex", spec) is spec
+    ref = kb.reference_grads(q, k, v, g, spec, P, 0.25)
+    assert max(kb.grad_errors(calls["gna"], q, k, v, g, ref)) < 1e-5
+    dense = kb.reference_grads(q, k, v, g, kb.reference_spec("cudnn", spec), P, 0.25)
+    assert max(kb.grad_errors(calls["gna"], q, k, v, g, dense)) > kb.GRAD_TOL
