@@ -73,7 +73,7 @@ def batches(x0, text, cfg, steps: int, seed: int):
 def train(model, compiled, data, args, device):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     losses, times = [], []
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     for xt, t, noise in data:
         xt, t, noise = xt.to(device), t.to(device), noise.to(device)
         if device.type == "cuda":
@@ -128,6 +128,8 @@ def parse_args(argv=None):
     ap.add_argument("--inner", default=None, help="compiler behind Dynamo for both runs (default: "
                     "inductor on CUDA, eager on the CPU, where Inductor's C++ build dominates)")
     ap.add_argument("--warmup", type=int, default=None, help="steps left out of the timing median")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast (default: on for --size medium on CUDA)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "finetune_out"))
     args = ap.parse_args(argv)
@@ -137,7 +139,7 @@ def parse_args(argv=None):
     args.lr = args.lr if args.lr is not None else (3e-3 if args.size == "small" else 3e-4)
     args.inner = args.inner or ("inductor" if cuda else "eager")
     args.warmup = args.warmup if args.warmup is not None else min(3, max(args.steps - 1, 0))
-    args.bf16 = cuda and args.size == "medium"
+    args.bf16 = args.bf16 if args.bf16 is not None else (cuda and args.size == "medium")
     return args
 
 
