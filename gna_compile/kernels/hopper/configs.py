@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from ... import settings
 
 __all__ = ["TritonConfig", "GluonConfig", "triton_candidates", "GLUON_CANDIDATES", "GLUON_FORCED",
-           "INTERPRET_CONFIG", "parse_configs"]
+           "INTERPRET_CONFIG", "parse_configs", "TritonBwdConfig", "BWD_DEFAULT",
+           "BWD_INTERPRET_CONFIG"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,19 @@ def triton_candidates(q_tile_tokens: int) -> tuple:
     if env:
         return parse_configs(env)
     return _TRITON_DEFAULTS[q_tile_tokens if q_tile_tokens in _TRITON_DEFAULTS else 64]
+
+
+@dataclass(frozen=True)
+class TritonBwdConfig:
+    """The Triton backward kernels (triton_bwd): one config for the dK/dV and dQ launches.
+    Not tuned yet (no GPU run): 4 warps, 2 stages is the usual start for 64-token tiles."""
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
+            raise ValueError(f"{self}: num_warps in 1..16 (power of 2), num_stages >= 1")
+
+
+BWD_DEFAULT = TritonBwdConfig(4, 2)
+BWD_INTERPRET_CONFIG = TritonBwdConfig(4, 1)  # TRITON_INTERPRET=1: the launch config does not matter

@@ -1,0 +1,194 @@
+"""Triton GNA backward against autograd of dense attention with mask.dense_mask, in fp64.
+
+On the CPU the kernels run under TRITON_INTERPRET=1 (set here before the kernels are imported,
+as tests/conftest.py does), so shapes are tiny. Every case also checks that the oracle of a
+deliberately wrong problem (window w+1, no key mask, ...) is far from the kernel's grads, so
+a case cannot pass by the window rule not mattering.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+from gna_compile.config import make_spec  # noqa: E402
+from gna_compile.kernels.dispatch import KeyMask  # noqa: E402
+from gna_compile.kernels.hopper import backward, forward  # noqa: E402
+from gna_compile.kernels.hopper.triton_bwd_launch import inverse_box_tables  # noqa: E402
+from gna_compile.kernels.permute import permutation_index, permute_tokens, unpermute_tokens  # noqa: E402
+from gna_compile.mask import dense_mask, key_range  # noqa: E402
+
+DEV = "cuda" if CUDA else "cpu"
+TOL = {torch.float32: 2e-5, torch.float64: 2e-5}  # relative L2; fp32 accumulation in the kernel
+
+# (shape, window, stride, dilation, causal, q_tile, kv_tile, prefix, suffix, H, Hkv)
+CASES = {
+    "1d_stride3_extras_gqa": ((24,), 7, 3, 1, False, (16,), (16,), 3, 5, 4, 2),
+    "1d_stride1_partial": ((24,), 5, 1, 1, False, (16,), (16,), 0, 0, 2, 2),
+    "1d_block_sparse_full": ((64,), 48, 16, 1, False, (16,), (16,), 0, 0, 1, 1),
+    "2d_6x8_stride": ((6, 8), (3, 5), (2, 1), 1, False, (2, 8), (2, 8), 0, 0, 2, 1),
+    "2d_6x8_dilation": ((6, 8), (3, 3), 1, (2, 2), False, (2, 8), (2, 8), 2, 0, 2, 2),
+    "2d_6x8_causal": ((6, 8), (3, 4), (1, 2), 1, (True, False), (2, 8), (2, 8), 0, 3, 4, 2),
+    "3d_4x4x6": ((4, 4, 6), (2, 3, 3), (1, 1, 2), 1, False, (1, 4, 4), (1, 4, 4), 0, 2, 1, 1),
+}
+
+
+def _wrong(spec_args):
+    """The same problem with every window one larger where it fits (w+1 <= n / d)."""
+    shape, w, s, d, c = spec_args
+    r = len(shape)
+    w, s, d, c = ((x,) * r if not isinstance(x, tuple) else x for x in (w, s, d, c))
+    w2 = tuple(wi + 1 if (wi + 1) * di <= n else wi for wi, di, n in zip(w, d, shape))
+    return make_spec(shape, w2, s, d, c)
+
+
+def _inputs(spec, P, S, H, Hkv, dtype, D=32, B=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N = P + spec.num_tokens + S
+    return tuple(torch.randn(B, h, N, D, generator=g, dtype=torch.float64).to(DEV, dtype)
+                 for h in (H, Hkv, Hkv, H))
+
+
+def _oracle(q, k, v, do, spec, P, S, scale, km=None, km_grid=False):
+    """Grads of dense masked attention in fp64; a query with no key gives 0 (no NaN)."""
+    q, k, v = (t.double().detach().requires_grad_() for t in (q, k, v))
+    G = q.shape[1] // k.shape[1]
+    m = dense_mask(spec, P, S, device=q.device)[None, None]
+    if km is not None:
+        eff = km.bool().clone()
+        if not km_grid:
+            eff[:, P:P + spec.num_tokens] = True
+        m = m & eff[:, None, None, :]
+    kk, vv = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    s = (q @ kk.transpose(-1, -2)) * scale
+    seen = m.any(-1, keepdim=True)
+    s = torch.where(seen, torch.where(m, s, float("-inf")), 0.0)
+    o = (torch.softmax(s, -1) * seen) @ vv
+    return torch.autograd.grad(o, (q, k, v), do.double())
+
+
+def _err(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check(grads, good, wrong, dtype):
+    tol = TOL[dtype]
+    for name, g, r in zip("qkv", grads, good):
+        assert torch.isfinite(g).all(), f"d{name} has NaN/inf"
+        assert _err(g, r) < tol, f"d{name}: relative error {_err(g, r):.2e} >= {tol}"
+    assert max(_err(g, r) for g, r in zip(grads, wrong)) > 100 * tol, "the wrong problem's grads match too"
+
+
+def _run(q, k, v, do, spec, qt, kt, P, S, scale, km=None, km_grid=False, natural=True):
+    out, lse = forward.gna_forward(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=natural)
+    return backward.gna_backward(q, k, v, out, lse, do, spec, qt, kt, P, S, scale, km, km_grid,
+                                 natural=natural)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_backward_matches_dense_autograd(name):
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    dtype = torch.float32
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, dtype)
+    scale = 0.7 * 32 ** -0.5
+    grads = _run(q, k, v, do, spec, qt, kt, P, S, scale)
+    assert grads[1].shape == k.shape and grads[2].shape == v.shape
+    _check(grads, _oracle(q, k, v, do, spec, P, S, scale),
+           _oracle(q, k, v, do, _wrong((shape, w, s, d, c)), P, S, scale), dtype)
+
+
+def test_tiled_order_and_fp64():
+    """Tiled (permuted) tensors in and out, fp64 inputs; padding rows of the grads are zero."""
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = CASES["2d_6x8_causal"]
+    spec = make_spec((5, 8), w, s, d, c)  # 5 rows: one padded row of Q tiles
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float64)
+    tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]
+    out, lse = forward.gna_forward(*tp[:3], spec, qt, kt, P, S, None, natural=False)
+    gt = backward.gna_backward(*tp[:3], out, lse, tp[3], spec, qt, kt, P, S, natural=False)
+    pad = P + torch.nonzero(permutation_index(spec.shape, qt) < 0)[:, 0]
+    assert len(pad) > 0 and all((g[:, :, pad] == 0).all() for g in gt)
+    grads = [unpermute_tokens(g, spec.shape, qt, P, S) for g in gt]
+    _check(grads, _oracle(q, k, v, do, spec, P, S, 32 ** -0.5),
+           _oracle(q, k, v, do, _wrong(((5, 8), w, s, d, c)), P, S, 32 ** -0.5), torch.float64)
+
+
+@pytest.mark.parametrize("km_grid", [False, True])
+def test_key_mask(km_grid):
+    """Key mask on extra keys only, or on grid keys too (then through gna_backward_permuted)."""
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = CASES["1d_stride3_extras_gqa"]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    B, N = q.shape[0], q.shape[2]
+    km = torch.rand(B, N, generator=torch.Generator().manual_seed(1)) > 0.4
+    km[:, :P + 1] = torch.tensor([True, False, False, True])
+    if km_grid:
+        m = KeyMask(km, spatial=True)
+        tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]
+        out, lse = forward.gna_attention_permuted(*tp[:3], spec, qt, kt, P, S, key_mask=m)
+        gt = backward.gna_backward_permuted(*tp[:3], out, lse, tp[3], spec, qt, kt, P, S, key_mask=m)
+        grads = [unpermute_tokens(g, spec.shape, qt, P, S) for g in gt]
+    else:
+        grads = _run(q, k, v, do, spec, qt, kt, P, S, None, km, False)
+    scale = 32 ** -0.5
+    _check(grads, _oracle(q, k, v, do, spec, P, S, scale, km, km_grid),
+           _oracle(q, k, v, do, spec, P, S, scale), torch.float32)
+
+
+def test_query_without_keys_gets_zero_grads():
+    """A key mask that hides a query's whole window: zero grads for it, no NaN anywhere."""
+    spec = make_spec((24,), 4)
+    q, k, v, do = _inputs(spec, 0, 0, 2, 2, torch.float32)
+    km = torch.ones(1, 24, dtype=torch.bool)
+    km[:, :8] = False  # queries 0..5 see keys 0..3 .. 4..7 only
+    grads = _run(q, k, v, do, spec, (16,), (16,), 0, 0, None, km, True)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][:, :, :6] == 0).all() and (grads[1][:, :, :8] == 0).all()
+    _check(grads, _oracle(q, k, v, do, spec, 0, 0, 32 ** -0.5, km, True),
+           _oracle(q, k, v, do, spec, 0, 0, 32 ** -0.5), torch.float32)
+
+
+def test_deterministic():
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = CASES["1d_stride3_extras_gqa"]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    out, lse = forward.gna_forward(q, k, v, spec, qt, kt, P, S)
+    a = backward.gna_backward(q, k, v, out, lse, do, spec, qt, kt, P, S, natural=True)
+    b = backward.gna_backward(q, k, v, out, lse, do, spec, qt, kt, P, S, natural=True)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_inverse_box_tables_cover_every_pair(name):
+    """Host tables: every (query, key) pair the window rule allows lies in a listed Q tile."""
+    shape, w, s, d, c, qt, kt, *_ = CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    tab = inverse_box_tables(spec, qt, kt, "cpu")
+    off = 3 - spec.rank
+    for i, (n, wi, si, di, ci) in enumerate(spec.dims()):
+        for x in range(n):
+            lo, hi = key_range(x, n, wi, si, di, ci)
+            for y in range(lo, hi + 1):
+                j = y // kt[i]
+                assert tab[off + i, 0, j] <= x // qt[i] <= tab[off + i, 1, j]
+
+
+def test_why_not_backward():
+    spec = make_spec((24,), 5)
+    q = torch.zeros(1, 2, 24, 32)
+    assert backward.why_not_backward(q, q, q, spec, 0, 0, None, None, ((16,), (16,))) is None
+    assert "head dim" in backward.why_not_backward(q[..., :16], q[..., :16], q[..., :16], spec, 0, 0,
+                                                   None, None, ((16,), (16,)))
+    assert "kv heads" in backward.why_not_backward(q, q[:, :1].repeat(1, 3, 1, 1), q[:, :1].repeat(1, 3, 1, 1),
+                                                   spec, 0, 0, None, None, ((16,), (16,)))
+    assert "tile" in backward.why_not_backward(q, q, q, spec, 0, 0, None, None, ((8,), (8,)))
