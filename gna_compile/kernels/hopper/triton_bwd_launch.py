@@ -98,6 +98,9 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
     BM, BN = math.prod(q_tile), math.prod(kv_tile)
     NG = math.prod(nt) * BM
     if key_mask is not None:
+        if key_mask.device != q.device:
+            raise ValueError(f"key_mask is on {key_mask.device} but q is on {q.device}: the backward "
+                             f"kernel reads both from one device")
         km = (key_mask.to(torch.int8) if key_mask.dtype == torch.bool else key_mask).contiguous()
     else:
         km = torch.empty(1, 1, dtype=torch.int8, device=q.device)
@@ -105,7 +108,8 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
     dq = torch.zeros_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
-    delta = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    # Zeroed too: a padded row's delta must not be garbage where its P meets a zero dO.
+    delta = torch.zeros(B, H, N, dtype=torch.float32, device=q.device)
     opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     _gna_bwd_delta[(triton_cdiv(N, 64), H, B)](
         out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
