@@ -112,6 +112,21 @@ def test_gluon_env_switch(monkeypatch):
     assert GLUON_FORCED in GLUON_CANDIDATES
 
 
+def _triton_version():
+    try:
+        import triton
+    except ImportError:
+        return (0, 0)
+    return tuple(int(x) for x in triton.__version__.split(".")[:2])
+
+
+# The old (non-WS) kernel's 3-stage frozen-max build: Triton 3.6's ptxas keeps 15 of 64
+# exponentials in flight (H200 run 12), 3.9 all 64. The autotuner times only the WS kernel,
+# whose frozen-max loops are checked below on every version.
+_NEEDS_TRITON_39 = pytest.mark.skipif(_triton_version() < (3, 9),
+                                      reason="old kernel's 3-stage frozen-max schedule needs Triton >= 3.9's ptxas")
+
+
 def _sass_summary(tmp_path, case, head_dim, packed=False, variant=()):
     pytest.importorskip("triton")
     if not gluon_launch.HAVE_GLUON:
@@ -125,7 +140,8 @@ def _sass_summary(tmp_path, case, head_dim, packed=False, variant=()):
 @pytest.mark.parametrize("case,head_dim,packed,variant", [
     ("flux_s16", 128, False, ()), ("cosmos_bs90", 128, False, ("--stages", "3")),
     ("hunyuan_s16x8x8", 64, False, ()),
-    ("flux_s16", 128, False, ("--stages", "3", "--stale")), ("cosmos_bs90", 128, False, ("--stages", "3", "--stale")),
+    pytest.param("flux_s16", 128, False, ("--stages", "3", "--stale"), marks=_NEEDS_TRITON_39),
+    pytest.param("cosmos_bs90", 128, False, ("--stages", "3", "--stale"), marks=_NEEDS_TRITON_39),
     ("flux_s16", 128, False, ("--stages", "3", "--stale", "--redo"))])
 def test_softmax_runs_while_pv_is_in_flight(tmp_path, case, head_dim, packed, variant):
     """In the loop, (nearly) every exponential is issued after `wgmma.wait_group 1` and before

@@ -21,7 +21,8 @@ import torch
 from .. import settings
 from .reference import reference_attention
 
-__all__ = ["KeyMask", "register_backend", "available_backends", "run_gna", "dense_attention", "dense_mode"]
+__all__ = ["KeyMask", "register_backend", "register_backward", "available_backends", "run_gna",
+           "run_gna_backward", "dense_attention", "dense_mode"]
 
 log = logging.getLogger("gna_compile")
 _SDPA = torch._C._nn.scaled_dot_product_attention  # the builtin, never a patched F attribute
@@ -113,6 +114,69 @@ def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend:
     if why is not None:
         raise ValueError(f"backend={backend!r} cannot run this call: {why}")
     return _BACKENDS[backend].run(*args)
+
+
+# -- backward ------------------------------------------------------------------------------
+# A backward kernel is registered under the name of the forward backend whose (out, lse) it
+# consumes: it runs only where that backend ran the forward, and only where it supports the
+# call; everything else recomputes through the reference under autograd (the oracle).
+_BACKWARDS: dict[str, _Backend] = {}
+
+
+def register_backward(name: str, run: Callable, why_not: Callable) -> None:
+    """``run(grad_out, grad_lse, q, k, v, out, lse, spec, extra_prefix, extra_suffix, scale,
+    key_mask, tiles) -> (dq, dk, dv)`` for forwards run by backend ``name``; ``why_not`` takes
+    the forward's arguments."""
+    _BACKWARDS[name] = _Backend(run, why_not)
+
+
+def _forward_backend(backend: str, args) -> str:
+    """The backend run_gna runs for these arguments (it raises there if a forced one cannot)."""
+    if backend != "auto":
+        return backend
+    for name in _AUTO_ORDER:
+        if _BACKENDS[name].why_not(*args) is None:
+            return name
+    return "reference"
+
+
+def reference_backward(grad_out, grad_lse, q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):
+    """Gradients by recomputing the reference forward under autograd (out and lse)."""
+    mask = None if key_mask is None else key_mask.mask
+    # Custom-op impls run below the autograd dispatch keys; re-enable them for the recompute.
+    with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(
+            torch._C.DispatchKey.AutogradFunctionality, False), torch._C._SetExcludeDispatchKeyGuard(
+            torch._C.DispatchKey.ADInplaceOrView, False):
+        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out, lse = reference_attention(qq, kk, vv, spec, extra_prefix, extra_suffix, scale, mask)
+        outs, grads = [out], [grad_out.to(out.dtype)]
+        if grad_lse is not None:
+            outs.append(lse)
+            grads.append(grad_lse.to(lse.dtype))
+        return torch.autograd.grad(outs, (qq, kk, vv), grads, allow_unused=True)
+
+
+def run_gna_backward(grad_out, grad_lse, q, k, v, out, lse, spec, extra_prefix, extra_suffix, scale,
+                     key_mask, backend: str = "auto", tiles=None):
+    """``(dq, dk, dv)`` of GNA attention. ``out``/``lse``: the forward's (None: recomputed by
+    the kernel's forward where a kernel runs); ``grad_lse``: the LSE's gradient or None."""
+    _load_optional_backends()
+    args = (q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles)
+    name = _forward_backend(forced_backend(backend), args)
+    bwd = _BACKWARDS.get(name)
+    if bwd is not None:
+        why = bwd.why_not(*args)
+        if why is None:
+            if out is None or lse is None:
+                out, lse = _BACKENDS[name].run(*args)
+            return bwd.run(grad_out, grad_lse, q, k, v, out, lse, *args[3:])
+        if q.is_cuda:
+            _log_once(f"gna_compile: the {name} backward cannot take this call ({why}); "
+                      f"gradients recompute through the slow reference")
+    elif q.is_cuda and name != "reference":
+        _log_once(f"gna_compile: backend {name!r} has no backward kernel; gradients recompute "
+                  f"through the slow reference")
+    return reference_backward(grad_out, grad_lse, q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask)
 
 
 # Hybrid schedule (paper §5): run rewritten calls densely without recompiling. The flag is read

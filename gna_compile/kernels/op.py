@@ -2,8 +2,9 @@
 
 ``gna_compile::gna_attention`` (out) and ``gna_compile::gna_attention_lse`` (out, lse) have
 fake implementations, so ``torch.compile(fullgraph=True)`` traces each as one opaque node.
-Autograd (out op) recomputes the reference forward under autograd: correct for every backend,
-not fast; training speed is not this package's goal.
+Both have autograd through ``gna_compile::gna_attention_backward``: the backward kernel of the
+backend that ran the forward where it takes the call, else the reference recomputed under
+autograd (the oracle).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_mode, dense_sdpa, run_gna
-from .reference import reference_attention
+from .dispatch import KeyMask, dense_mode, dense_sdpa, reference_backward, run_gna, run_gna_backward
 
 __all__ = ["gna_attention", "gna_attention_lse", "key_mask_2d"]
 
@@ -105,46 +105,52 @@ def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suff
 
 
 @torch.library.custom_op("gna_compile::gna_attention_backward", mutates_args=())
-def _gna_bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, shape: list[int],
-                window: list[int], stride: list[int], dilation: list[int], causal: list[bool],
-                extra_prefix: int, extra_suffix: int, scale: float, key_mask: Optional[Tensor],
+def _gna_bwd_op(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+                out: Optional[Tensor], lse: Optional[Tensor], shape: list[int], window: list[int],
+                stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
+                extra_suffix: int, scale: float, key_mask: Optional[Tensor], key_mask_spatial: bool,
+                q_tile: list[int], kv_tile: list[int], backend: str,
                 dense: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients by recomputing the reference forward under autograd (an opaque op, so that
-    AOTAutograd traces the backward as one node too)."""
-    dense = dense or dense_mode()
-    spec = make_spec(tuple(shape), tuple(shape)) if dense else _spec(shape, window, stride, dilation, causal)
-    if key_mask is not None:
-        key_mask = key_mask_2d(key_mask, q.shape[0], q.shape[2])
-    # Custom-op impls run below the autograd dispatch keys; re-enable them for the recompute.
-    with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(
-            torch._C.DispatchKey.AutogradFunctionality, False), torch._C._SetExcludeDispatchKeyGuard(
-            torch._C.DispatchKey.ADInplaceOrView, False):
-        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
-        out, _ = reference_attention(qq, kk, vv, spec, extra_prefix, extra_suffix, scale, key_mask)
-        grads = torch.autograd.grad(out, (qq, kk, vv), grad_out.to(out.dtype))
-    return tuple(g.contiguous() for g in grads)
+    """``(dq, dk, dv)``: the backward kernel of the backend that ran the forward where it takes
+    the call (it reads the forward's ``out``/``lse``), else the reference recomputed under
+    autograd (dispatch.run_gna_backward). One opaque op, so AOTAutograd traces one node."""
+    if q.numel() == 0 or v.shape[-1] == 0:
+        return tuple(torch.zeros_like(t) for t in (q, k, v))
+    km = _mask_arg(q, key_mask, key_mask_spatial)
+    if dense or dense_mode():
+        spec = make_spec(tuple(shape), tuple(shape))
+        grads = reference_backward(grad_out, grad_lse, q, k, v, spec, extra_prefix, extra_suffix, scale, km)
+    else:
+        grads = run_gna_backward(grad_out, grad_lse, q, k, v, out, lse,
+                                 _spec(shape, window, stride, dilation, causal), extra_prefix,
+                                 extra_suffix, scale, km, backend, _tiles(q_tile, kv_tile))
+    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype).contiguous()
+                 for g, t in zip(grads, (q, k, v)))
 
 
 @_gna_bwd_op.register_fake
-def _(grad_out, q, k, v, *args):
+def _(grad_out, grad_lse, q, k, v, *args):
     return tuple(t.new_empty(t.shape) for t in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, out, lse):
     q, k, v, *params = inputs
-    ctx.save_for_backward(q, k, v)
+    ctx.save_for_backward(q, k, v, out, lse)
     ctx.params = params
     ctx.dense = dense_mode()
 
 
-def _backward(ctx, grad_out):
-    q, k, v = ctx.saved_tensors
-    *params, _key_mask_spatial, _q_tile, _kv_tile, _backend = ctx.params
-    dq, dk, dv = _gna_bwd_op(grad_out, q, k, v, *params, ctx.dense)
+def _grads(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _gna_bwd_op(grad_out, grad_lse, q, k, v, out, lse, *ctx.params, ctx.dense)
     return (dq, dk, dv, *([None] * 13))
 
 
-_gna_op.register_autograd(_backward, setup_context=_setup_context)
+# The out op saves its output only: a backward kernel then reruns the forward for the LSE. The
+# public gna_attention() calls the LSE op when gradients are needed, so nothing reruns.
+_gna_op.register_autograd(lambda ctx, g: _grads(ctx, g, None),
+                          setup_context=lambda ctx, inputs, output: _save(ctx, inputs, output, None))
+_gna_lse_op.register_autograd(_grads, setup_context=lambda ctx, inputs, output: _save(ctx, inputs, *output))
 
 
 def _check_inputs(q, k, v, shape, extra_prefix, extra_suffix, key_mask):
@@ -230,8 +236,11 @@ def gna_attention(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, dila
     NaN/inf: a query whose attended keys/values (or itself) hold a NaN or inf returns what
     dense SDPA returns for it (NaN/inf); keys it does not attend never affect it.
     """
-    return _gna_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
-                             extra_suffix, scale, key_mask, key_mask_spatial, backend, tiles))
+    args = _prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
+                    scale, key_mask, key_mask_spatial, backend, tiles)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _gna_lse_op(*args)[0]  # saves the LSE for the backward kernel
+    return _gna_op(*args)
 
 
 def gna_attention_lse(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, dilation=1,
@@ -239,6 +248,7 @@ def gna_attention_lse(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, 
                       scale: float | None = None, key_mask: Tensor | None = None,
                       key_mask_spatial: bool = True, backend: str = "auto",
                       tiles=None) -> tuple[Tensor, Tensor]:
-    """Like :func:`gna_attention` but also returns the fp32 log-sum-exp ``[B, H, N]`` (no autograd)."""
+    """Like :func:`gna_attention` but also returns the fp32 log-sum-exp ``[B, H, N]`` (natural log;
+    differentiable, as ``logsumexp`` of the scaled scores)."""
     return _gna_lse_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
                                  extra_suffix, scale, key_mask, key_mask_spatial, backend, tiles))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import settings
-from .dispatch import register_backend
+from .dispatch import register_backend, register_backward
 from .hopper.constants import TRITON_HEAD_DIMS
 
 try:
@@ -23,7 +23,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     _TRITON_ERR = f"triton is not installed ({e})"
 
-__all__ = ["why_not", "run"]
+__all__ = ["why_not", "run", "why_not_backward", "run_backward"]
 
 _GPU_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -71,12 +71,38 @@ def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     from .hopper import gna_forward
     q_tile, kv_tile = tiles if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    km, grid_mask = None, False
-    if key_mask is not None:
-        km = key_mask.mask.to(device=q.device, dtype=torch.int8).contiguous()
-        grid_mask = bool(key_mask.spatial)
+    km, grid_mask = _int8_mask(key_mask, q.device)
     return gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, km,
                        grid_mask, natural=True)
 
 
+def _int8_mask(key_mask, device):
+    if key_mask is None:
+        return None, False
+    return key_mask.mask.to(device=device, dtype=torch.int8).contiguous(), bool(key_mask.spatial)
+
+
+def why_not_backward(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
+    """None if the Triton backward kernels can take a call the Triton forward ran, else why."""
+    from .hopper import why_not_backward as why_not_kernel
+    from .tile_choice import choose_tiles
+    why = why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles)
+    if why is not None:
+        return why
+    tiles = tuple(tiles) if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
+    return why_not_kernel(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles)
+
+
+def run_backward(grad_out, grad_lse, q, k, v, out, lse, spec, extra_prefix, extra_suffix, scale,
+                 key_mask, tiles=None):
+    from .hopper import gna_backward
+    from .tile_choice import choose_tiles
+    q_tile, kv_tile = tiles if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
+    q, k, v, out, grad_out = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, grad_out))
+    km, grid_mask = _int8_mask(key_mask, q.device)
+    return gna_backward(q, k, v, out, lse, grad_out.to(q.dtype), spec, q_tile, kv_tile, extra_prefix,
+                        extra_suffix, scale, km, grid_mask, natural=True, grad_lse=grad_lse)
+
+
 register_backend("triton", run, why_not, auto=True)
+register_backward("triton", run_backward, why_not_backward)

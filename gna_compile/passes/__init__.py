@@ -134,7 +134,7 @@ class AtenPass:
         fake_mode = _fake_mode(graph)
         result = None
         if be.do_rewrite:
-            rewrite(graph, records, fake_mode)
+            rewrite(graph, records, fake_mode, with_lse=training)
             fill_tiles(graph)
             if training:
                 rewrite_backward(graph, records, fake_mode)

@@ -20,6 +20,7 @@ from .symbolic import env_expr, find_shape_env, val, whole_sources
 __all__ = ["rewrite", "rewrite_backward", "GNA_OP", "SymEmitter", "set_val"]
 
 GNA_OP = torch.ops.gna_compile.gna_attention.default
+GNA_LSE_OP = torch.ops.gna_compile.gna_attention_lse.default
 GNA_BWD = torch.ops.gna_compile.gna_attention_backward.default
 SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
 SITE_OP = torch.ops.gna_compile.sdpa_site.default
@@ -99,8 +100,10 @@ class SymEmitter:
         return acc
 
 
-def rewrite(graph: Graph, records: list[CallRecord], fake_mode) -> int:
-    """Rewrite every record with ``decision == "gna"``; returns how many were rewritten."""
+def rewrite(graph: Graph, records: list[CallRecord], fake_mode, with_lse: bool = False) -> int:
+    """Rewrite every record with ``decision == "gna"``; returns how many were rewritten.
+    ``with_lse`` (joint training graphs): the forward is the LSE op, so that its backward can
+    read the saved out and LSE; users see its output through ``getitem 0``."""
     emitter, count = SymEmitter(graph), 0
     for rec in records:
         if not rec.rewritten:
@@ -117,16 +120,23 @@ def rewrite(graph: Graph, records: list[CallRecord], fake_mode) -> int:
             args = (q, k, v, shape, list(rec.window), list(rec.stride), list(rec.dilation),
                     list(rec.causal), prefix, suffix, plan["scale"], plan["mask"],
                     bool(plan["spatial"]), list(rec.q_tile or ()), list(rec.kv_tile or ()), "auto")
-            new = graph.call_function(GNA_OP, args)
-        set_val(new, fake_mode)
+            new = graph.call_function(GNA_LSE_OP if with_lse else GNA_OP, args)
+            set_val(new, fake_mode)
+            outs = [new]
+            if with_lse:
+                outs = [graph.call_function(operator.getitem, (new, i)) for i in (0, 1)]
+                for i, o in enumerate(outs):
+                    o.meta["val"] = val(new)[i]
         for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "seq_nr", "original_aten"):
             if key in node.meta:
-                new.meta[key] = node.meta[key]
+                for n in (new, *outs):
+                    n.meta[key] = node.meta[key]
         new.meta["gna"] = dict(
             module=rec.module, site=rec.site, grid=rec.grid, extra_prefix=rec.extra_prefix,
             extra_suffix=rec.extra_suffix, q_tile=rec.q_tile, kv_tile=rec.kv_tile)
         plan["gna_args"] = args
-        node.replace_all_uses_with(new)
+        plan["gna_node"], plan["gna_outs"] = new, outs
+        node.replace_all_uses_with(outs[0])
         graph.erase_node(node)
         count += 1
     return count
@@ -134,7 +144,8 @@ def rewrite(graph: Graph, records: list[CallRecord], fake_mode) -> int:
 
 def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None:
     """In a joint (training) graph, the backward of a rewritten site is the GNA backward with
-    the same decision; a site backward whose forward was not rewritten stays as it is."""
+    the same decision (read from the forward node, after fill_tiles), fed the forward's saved
+    out and LSE; a site backward whose forward was not rewritten stays as it is."""
     by_qkv = {tuple(r.plan["gna_args"][:3]): r for r in records if r.rewritten and "gna_args" in r.plan}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not SITE_BWD:
@@ -142,9 +153,14 @@ def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None
         rec = by_qkv.get(tuple(node.args[1:4]))
         if rec is None:
             continue
-        g = rec.plan["gna_args"]
+        fwd = rec.plan["gna_node"]
+        if fwd.target is not GNA_LSE_OP:
+            raise RuntimeError(f"gna_compile: the forward {fwd.name} of a training graph was rewritten "
+                               f"without its LSE; refusing to compile a backward that would rerun it")
+        g = fwd.args
+        out, lse = rec.plan["gna_outs"]
         with graph.inserting_before(node):
-            new = graph.call_function(GNA_BWD, (node.args[0], *g[:12], False))
+            new = graph.call_function(GNA_BWD, (node.args[0], None, *g[:3], out, lse, *g[3:], False))
         set_val(new, fake_mode)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
@@ -162,7 +178,7 @@ def fill_tiles(graph: Graph) -> None:
     from ..kernels.tile_choice import choose_tiles
     from .ops import args_of
     for node in graph.nodes:
-        if node.op != "call_function" or node.target is not GNA_OP:
+        if node.op != "call_function" or node.target not in (GNA_OP, GNA_LSE_OP):
             continue
         a = args_of(node)
         static = [a["shape"], a["window"], a["stride"], a["dilation"]]

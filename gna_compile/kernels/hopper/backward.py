@@ -22,13 +22,15 @@ def _tiled(x, spec, q_tile, P, S):
 
 
 def gna_backward(q, k, v, out, lse, dout, spec, q_tile, kv_tile, extra_prefix=0, extra_suffix=0,
-                 scale=None, key_mask=None, key_mask_grid=False, natural=False, config=None):
+                 scale=None, key_mask=None, key_mask_grid=False, natural=False, config=None,
+                 grad_lse=None):
     """``(dq, dk, dv)`` of GNA attention, in the inputs' layout (dk/dv: the kv heads' shape).
 
     ``out``/``lse``: the forward's output and natural-log fp32 LSE ``[B, H, N]`` (as
     gna_forward returns them). ``natural``: tensors in natural token order (permuted here),
     else tiled order with padding. ``key_mask``: int8/bool ``[B, N]`` in the tensors' layout,
-    applied to extra keys, and to grid keys when ``key_mask_grid``."""
+    applied to extra keys, and to grid keys when ``key_mask_grid``. ``grad_lse``: the LSE's
+    gradient ``[B, H, N]`` (or None), in the same layout."""
     if config is None:
         config = BWD_INTERPRET_CONFIG if settings.interpret() else BWD_DEFAULT
     if not isinstance(config, TritonBwdConfig):
@@ -36,14 +38,15 @@ def gna_backward(q, k, v, out, lse, dout, spec, q_tile, kv_tile, extra_prefix=0,
     P, S = extra_prefix, extra_suffix
     if not natural:
         return triton_bwd_launch.launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale,
-                                        key_mask, key_mask_grid, config)
+                                        key_mask, key_mask_grid, config, grad_lse)
     t = [_tiled(x, spec, q_tile, P, S) for x in (q, k, v, out, dout)]
     lse_t = _tiled(lse[..., None], spec, q_tile, P, S)[..., 0]
+    glse_t = None if grad_lse is None else _tiled(grad_lse.float()[..., None], spec, q_tile, P, S)[..., 0]
     km = None
     if key_mask is not None:  # padding keys come out 0 (masked)
         km = _tiled(key_mask.to(torch.float32)[:, :, None], spec, q_tile, P, S)[..., 0].to(torch.int8)
     grads = triton_bwd_launch.launch(*t[:4], lse_t, t[4], spec, q_tile, kv_tile, P, S, scale, km,
-                                     key_mask_grid, config)
+                                     key_mask_grid, config, glse_t)
     return tuple(unpermute_tokens(g, spec.shape, q_tile, P, S) for g in grads)
 
 

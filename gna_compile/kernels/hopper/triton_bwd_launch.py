@@ -70,8 +70,9 @@ def inverse_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
 
 
 def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask, key_mask_grid,
-           config: TritonBwdConfig):
-    """``(dq, dk, dv)`` in tiled order; dk/dv have k's and v's shapes."""
+           config: TritonBwdConfig, grad_lse=None):
+    """``(dq, dk, dv)`` in tiled order; dk/dv have k's and v's shapes. ``grad_lse`` (the LSE's
+    gradient, or None) enters as ``delta - grad_lse``: d lse_i / d s_ij = P_ij."""
     why = why_not(q, k, v, spec, q_tile, kv_tile, P, S, scale, key_mask)
     if why is not None:
         raise ValueError(why)
@@ -79,6 +80,8 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
     Hkv = k.shape[1]
     if dout.shape != q.shape or out.shape != q.shape or lse.shape != (B, H, N):
         raise ValueError("out and dout must have q's shape, lse [B, H, N]")
+    if grad_lse is not None and tuple(grad_lse.shape) != (B, H, N):
+        raise ValueError(f"grad_lse must be [B, H, N] = [{B}, {H}, {N}], got {tuple(grad_lse.shape)}")
     for name, t in (("out", out), ("dout", dout)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} needs a contiguous last dim")
@@ -87,7 +90,7 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
         # fp64 runs in fp32 (the accumulation is fp32 anyway): an fp64 launch under the
         # interpreter stored dQ with the wrong element size (cause not found).
         grads = launch(*(t.float() for t in (q, k, v, out)), lse, dout.float(), spec, q_tile, kv_tile,
-                       P, S, scale, key_mask, key_mask_grid, config)
+                       P, S, scale, key_mask, key_mask_grid, config, grad_lse)
         return tuple(g.double() for g in grads)
     scale = D ** -0.5 if scale is None else scale
     shape3, tq3, tk3 = C.pad3(spec.shape, 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
@@ -114,6 +117,8 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
     _gna_bwd_delta[(triton_cdiv(N, 64), H, B)](
         out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
         dout.stride(2), delta.stride(0), delta.stride(1), N, BM=64, D=D, **opts)
+    if grad_lse is not None:
+        delta -= grad_lse.to(device=q.device, dtype=torch.float32)
     meta = dict(TQ0=tq3[0], TQ1=tq3[1], TQ2=tq3[2], TK0=tk3[0], TK1=tk3[1], TK2=tk3[2], BM=BM, BN=BN, D=D,
                 C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
                 KM_GRID=bool(key_mask is not None and key_mask_grid), HAS_KM=key_mask is not None,
