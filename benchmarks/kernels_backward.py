@@ -6,12 +6,14 @@ The sibling of benchmarks/kernels.py (forward only), whose cases, problem size (
 bf16), tile choice, flex block mask (flex_backend.run_permuted) and FLOP count it imports, so
 both tables describe the same problems. Why: training cost is forward plus backward, and the
 backward of each method is a different kernel (GNA's is the package's
-``gna_attention_backward`` op, today a recompute of the reference under autograd).
+``gna_attention_backward`` op: the Triton backward kernel where the Triton forward ran).
 
 Columns per method: fwd+bwd ms and bwd ms (fwd+bwd minus the forward run with grad enabled,
 both medians over ``--rounds`` rounds of do_bench); TFLOP/s = effective FLOPs / fwd+bwd time,
 the backward counted as 2.5x the forward's attended pairs x 4 x D. Methods: gna =
-``op.gna_attention`` with the case's spec and kernels.py's tiles under torch.autograd; cudnn =
+``op.gna_attention`` with the case's spec and kernels.py's tiles under torch.autograd (natural
+order: the backward permutes its tensors into tiled order and back); gna_tiled = the same
+kernels on tensors already in tiled order (what hoisting gives), as flex runs; cudnn =
 dense SDPA (SDPBackend.CUDNN_ATTENTION); flex = compiled FlexAttention with the case's block
 mask on permuted tensors; flash = the same with ``kernel_options={"BACKEND": "FLASH"}``, where
 it runs (else the reason is printed). ``--check`` first compares every method's dq, dk, dv on
@@ -35,9 +37,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from gna_compile.config import make_spec  # noqa: E402
 from gna_compile.kernels import tile_choice  # noqa: E402
+from gna_compile.kernels.hopper.configs import TritonBwdConfig  # noqa: E402
 
 BWD_FLOP_FACTOR = 2.5  # backward FLOPs per forward FLOP (dQ, dK, dV, and P recomputed)
-METHODS = ("gna", "cudnn", "flex", "flash")
+METHODS = ("gna", "gna_tiled", "cudnn", "flex", "flash")
 GRAD_TOL = 3e-2  # relative L2 of bf16 gradients vs the fp32 reference
 
 
@@ -62,8 +65,15 @@ def parse_args(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (median), order rotated")
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="directory for kernels_backward.json")
+    ap.add_argument("--bwd-configs", default="",
+                    help="';'-separated TritonBwdConfig fields 'warps,stages,block_m,block_n': time the "
+                         "tiled backward kernels alone per config and case first (a tuning probe)")
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
+    try:
+        args.bwd_configs = [TritonBwdConfig(*(int(x) for x in c.split(","))) for c in args.bwd_configs.split(";") if c]
+    except (TypeError, ValueError) as e:
+        ap.error(f"--bwd-configs: {e}")
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         ap.error(f"unknown method(s) {bad}; choose from {METHODS}")
@@ -92,9 +102,25 @@ def _methods(spec, qt, kt, P, scale):
     def flex_with(options):
         return lambda q, k, v: flex_backend.run_permuted(q, k, v, spec, fq, P, 0, scale, kernel_options=options)[0]
 
+    from gna_compile.kernels.hopper import gna_attention_permuted, gna_backward_permuted
+
+    class Tiled(torch.autograd.Function):
+        """The forward and backward kernels on tiled-order tensors (no permutation passes)."""
+
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out, lse = gna_attention_permuted(q, k, v, spec, qt, kt, P, 0, scale)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            return gna_backward_permuted(*ctx.saved_tensors, g.contiguous(), spec, qt, kt, P, 0, scale)
+
     natural = (lambda t: t, lambda t: t)
+    tiled = (lambda t: permute_tokens_triton(t, shape, qt, P, 0), lambda g: unpermute_tokens(g, shape, qt, P, 0))
     permuted = (lambda t: permute_tokens_triton(t, shape, fq, P, 0), lambda g: unpermute_tokens(g, shape, fq, P, 0))
-    return {"gna": (gna, natural), "cudnn": (cudnn, natural),
+    return {"gna": (gna, natural), "gna_tiled": (Tiled.apply, tiled), "cudnn": (cudnn, natural),
             "flex": (flex_with(None), permuted), "flash": (flex_with({"BACKEND": "FLASH"}), permuted)}
 
 
@@ -167,6 +193,30 @@ def run_case(name, cfg, methods, check, rounds, log):
     return summarise(res, methods)
 
 
+def probe_configs(name, cfg, configs, log) -> dict:
+    """ms of the tiled backward kernels alone (delta, dK/dV, dQ) per config, on one case."""
+    from triton.testing import do_bench
+    from gna_compile.kernels.hopper import gna_attention_permuted, gna_backward_permuted
+    shape, window, stride, P = cfg
+    spec = make_spec(shape, window, stride)
+    qt, kt = tile_choice.choose_tiles(spec, P, 0)
+    from gna_compile.kernels.tiled_op import tiled_length
+    N = tiled_length(spec.shape, qt, P, 0)
+    q, k, v, g = (torch.randn(1, K.H, N, K.D, device="cuda", dtype=K.DTYPE) for _ in range(4))
+    out, lse = gna_attention_permuted(q, k, v, spec, qt, kt, P, 0)
+    bwd_flops = flops(spec, P)["bwd"]
+    res = {}
+    for c in configs:
+        try:
+            ms = do_bench(lambda: gna_backward_permuted(q, k, v, out, lse, g, spec, qt, kt, P, 0, config=c))
+        except Exception as e:  # a config that does not compile (registers, shared memory)
+            log(f"# {name} {c}: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        res[str(c)] = ms
+        log(f"# {name} bwd {c}: {ms:.2f} ms, {bwd_flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s")
+    return res
+
+
 def summarise(res, methods):
     """bwd = fwd+bwd - fwd, TFLOP/s of fwd+bwd; NaN for a method that was not timed."""
     nan = float("nan")
@@ -206,6 +256,9 @@ def main(argv=None) -> int:
     dev = torch.cuda.get_device_name()
     log(f"# device: {dev}; torch {torch.__version__}")
     results = []
+    if args.bwd_configs:
+        for name, cfg in select_cases(args.cases, K.cases()).items():
+            probe_configs(name, cfg, args.bwd_configs, log)
     for name, cfg in select_cases(args.cases, K.cases()).items():
         r = run_case(name, cfg, args.methods, args.check, args.rounds, log)
         results.append(r)

@@ -8,6 +8,7 @@ a case cannot pass by the window rule not mattering.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -24,6 +25,7 @@ if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
 from gna_compile.config import make_spec  # noqa: E402
 from gna_compile.kernels.dispatch import KeyMask  # noqa: E402
 from gna_compile.kernels.hopper import backward, forward  # noqa: E402
+from gna_compile.kernels.hopper.configs import TritonBwdConfig  # noqa: E402
 from gna_compile.kernels.hopper.triton_bwd_launch import inverse_box_tables  # noqa: E402
 from gna_compile.kernels.permute import permutation_index, permute_tokens, unpermute_tokens  # noqa: E402
 from gna_compile.mask import dense_mask, key_range  # noqa: E402
@@ -92,10 +94,30 @@ def _check(grads, good, wrong, dtype):
     assert max(_err(g, r) for g, r in zip(grads, wrong)) > far, "the wrong problem's grads match too"
 
 
-def _run(q, k, v, do, spec, qt, kt, P, S, scale, km=None, km_grid=False, natural=True):
+def _run(q, k, v, do, spec, qt, kt, P, S, scale, km=None, km_grid=False, natural=True, config=None):
     out, lse = forward.gna_forward(q, k, v, spec, qt, kt, P, S, scale, km, km_grid, natural=natural)
     return backward.gna_backward(q, k, v, out, lse, do, spec, qt, kt, P, S, scale, km, km_grid,
-                                 natural=natural)
+                                 natural=natural, config=config)
+
+
+# Tiles larger than the kernels' steps: dK/dV walks each Q tile in block_m rows, dQ each KV
+# tile in block_n keys; extra-token counts not multiples of either.
+SUB_CASES = {
+    "1d_extras_gqa": ((40,), 9, 2, 1, False, (32,), (32,), 5, 19, 4, 2),
+    "2d_stride_partial": ((7, 8), (3, 5), (1, 2), 1, False, (4, 8), (4, 8), 0, 3, 2, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(SUB_CASES))
+def test_steps_smaller_than_tiles(name):
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SUB_CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    cfg = TritonBwdConfig(4, 1, 16, 16)
+    assert cfg.steps(math.prod(qt), math.prod(kt)) == (16, 16)
+    grads = _run(q, k, v, do, spec, qt, kt, P, S, None, config=cfg)
+    _check(grads, _oracle(q, k, v, do, spec, P, S, 32 ** -0.5),
+           _oracle(q, k, v, do, _wrong((shape, w, s, d, c)), P, S, 32 ** -0.5), torch.float32)
 
 
 @pytest.mark.parametrize("name", list(CASES))

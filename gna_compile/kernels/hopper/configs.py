@@ -111,14 +111,25 @@ def triton_candidates(q_tile_tokens: int) -> tuple:
 @dataclass(frozen=True)
 class TritonBwdConfig:
     """The Triton backward kernels (triton_bwd): one config for the dK/dV and dQ launches.
-    Not tuned yet (no GPU run): 4 warps, 2 stages is the usual start for 64-token tiles."""
-    num_warps: int = 4
+    ``block_m``: query rows per dK/dV step, ``block_n``: keys per dQ step (each capped at its
+    tile; smaller steps keep the scores beside the [tile, D] fp32 accumulators in registers)."""
+    num_warps: int = 8
     num_stages: int = 2
+    block_m: int = 32
+    block_n: int = 32
 
     def __post_init__(self):
         if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
             raise ValueError(f"{self}: num_warps in 1..16 (power of 2), num_stages >= 1")
+        for name in ("block_m", "block_n"):
+            b = getattr(self, name)
+            if b not in (16, 32, 64, 128):
+                raise ValueError(f"{self}: {name}={b} must be 16, 32, 64 or 128")
+
+    def steps(self, BM: int, BN: int) -> tuple[int, int]:
+        """(SUB_M, SUB_N) for tiles of BM queries and BN keys."""
+        return min(self.block_m, BM), min(self.block_n, BN)
 
 
-BWD_DEFAULT = TritonBwdConfig(4, 2)
-BWD_INTERPRET_CONFIG = TritonBwdConfig(4, 1)  # TRITON_INTERPRET=1: the launch config does not matter
+BWD_DEFAULT = TritonBwdConfig()
+BWD_INTERPRET_CONFIG = TritonBwdConfig(4, 1, 16, 16)  # TRITON_INTERPRET=1: the launch config does not matter

@@ -125,19 +125,20 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, DK, DV,
                   n0, n1, n2, w0, w1, w2, s0, s1, s2, d0, d1, d2, qk_scale, scale,
                   TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
                   TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, SUB_M: tl.constexpr,
                   C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
                   KM_GRID: tl.constexpr, HAS_KM: tl.constexpr, HAS_EXTRA: tl.constexpr):
     """dK, dV of one KV tile of one kv head: Q tiles of the inverse box, x the GQA group's
-    heads, then the extra-token queries. Extra-token KV tiles (pid < n_extra_kv) take every
-    Q tile with the whole grid as box."""
+    heads, then the extra-token queries, ``SUB_M`` query rows per step (the [SUB_M, BN]
+    scores stay small beside the [BN, D] accumulators). Extra-token KV tiles (pid <
+    n_extra_kv) take every Q tile with the whole grid as box."""
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
     b = tl.program_id(2)
     b64 = b.to(tl.int64)
     kvh64 = kvh.to(tl.int64)
     offs_d = tl.arange(0, D)
-    offs_m = tl.arange(0, BM)
+    offs_m = tl.arange(0, SUB_M)
     offs_n = tl.arange(0, BN)
     NQ0 = (n0 + TQ0 - 1) // TQ0
     # This KV tile: grid coordinates (or extra-token rows).
@@ -192,10 +193,6 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, DK, DV,
         c1 = ql1
         c2 = ql2
         for t in range(0, nq):
-            a0, a1, a2 = _tile_coords(c0, c1, c2, offs_m, TQ0, TQ1, TQ2)
-            q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
-            q_rows = P + ((c0 * NT1 + c1) * NT2 + c2) * BM + offs_m
-            q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_ok, sqn, sdn, offs_d)
             _, _, fl0, fh0 = _dim_ranges(c0, n0, w0, s0, d0, TQ0, TK0, C0, DIL)
             _, _, fl1, fh1 = _dim_ranges(c1, n1, w1, s1, d1, TQ1, TK1, C1, DIL)
             _, _, fl2, fh2 = _dim_ranges(c2, n2, w2, s2, d2, TQ2, TK2, C2, DIL)
@@ -203,24 +200,35 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, DK, DV,
                     & (pid >= n_extra_kv))
             if KM_GRID:
                 full = pid < 0
+            row0 = P + ((c0 * NT1 + c1) * NT2 + c2) * BM
             if full:
-                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
+                for sub in range(0, BM // SUB_M):
+                    q_rows = row0 + sub * SUB_M + offs_m
+                    q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows,
+                                                      q_rows >= 0, sqn, sdn, offs_d)
+                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
             else:
-                mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
-                                    d0, d1, d2, C0, C1, C2, DIL)
-                mask = (mask | is_x) & kin[None, :]
-                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+                for sub in range(0, BM // SUB_M):
+                    a0, a1, a2 = _tile_coords(c0, c1, c2, sub * SUB_M + offs_m, TQ0, TQ1, TQ2)
+                    q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
+                    q_rows = row0 + sub * SUB_M + offs_m
+                    q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_ok,
+                                                      sqn, sdn, offs_d)
+                    mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
+                                        d0, d1, d2, C0, C1, C2, DIL)
+                    mask = (mask | is_x) & kin[None, :]
+                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
             c0, c1, c2 = _odometer_step(c0, c1, c2, ql1, ql2, qh1 + 1, qh2 + 1)
         if HAS_EXTRA:
             # Extra-token queries see every key: prefix rows, then suffix rows.
-            nxp = (P + BM - 1) // BM
-            nx = nxp + (S + BM - 1) // BM
+            nxp = (P + SUB_M - 1) // SUB_M
+            nx = nxp + (S + SUB_M - 1) // SUB_M
             for j in range(0, nx):
                 is_pre = j < nxp
-                xs = tl.where(is_pre, j * BM, P + NG + (j - nxp) * BM)
-                xe = tl.where(is_pre, P, P + NG + S)
-                q_rows = xs + offs_m
-                q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_rows < xe,
+                qs = tl.where(is_pre, j * SUB_M, P + NG + (j - nxp) * SUB_M)
+                qe = tl.where(is_pre, P, P + NG + S)
+                q_rows = qs + offs_m
+                q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_rows < qe,
                                                   sqn, sdn, offs_d)
                 dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, kin[None, :], True)
     dk = dk * scale
@@ -242,11 +250,12 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
                 n0, n1, n2, w0, w1, w2, s0, s1, s2, d0, d1, d2, qk_scale, scale,
                 TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
                 TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, SUB_N: tl.constexpr,
                 C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
                 KM_GRID: tl.constexpr, HAS_KM: tl.constexpr, HAS_EXTRA: tl.constexpr):
     """dQ of one Q tile of one head: the forward's KV box (full pairs unmasked), then the
-    extra-token KV tiles. Extra-token Q tiles (pid < n_extra_tiles) take the whole grid."""
+    extra-token KV tiles, ``SUB_N`` keys per step. Extra-token Q tiles (pid <
+    n_extra_tiles) take the whole grid."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -255,7 +264,7 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
     h64 = h.to(tl.int64)
     offs_d = tl.arange(0, D)
     offs_m = tl.arange(0, BM)
-    offs_n = tl.arange(0, BN)
+    offs_n = tl.arange(0, SUB_N)
     qt = tl.maximum(pid - n_extra_tiles, 0)
     qt2 = qt % NT2
     qt1 = (qt // NT2) % NT1
@@ -292,31 +301,35 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
     c1 = cl1
     c2 = cl2
     for t in range(0, nk):
-        rows = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, False) + offs_n
+        row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, False)
         full = ((c0 >= fl0) & (c0 <= fh0) & (c1 >= fl1) & (c1 <= fh1) & (c2 >= fl2) & (c2 <= fh2)
                 & (pid >= n_extra_tiles))
         if KM_GRID:
             full = pid < 0
         if full:
-            dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, offs_n >= 0, skn, svn, offs_d,
-                          qk_scale, None, False)
+            for sub in range(0, BN // SUB_N):
+                rows = row0 + sub * SUB_N + offs_n
+                dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, offs_n >= 0, skn, svn, offs_d,
+                              qk_scale, None, False)
         else:
-            k0, k1, k2 = _tile_coords(c0, c1, c2, offs_n, TK0, TK1, TK2)
-            kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
-            if KM_GRID:
-                kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
-            mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
-                                d0, d1, d2, C0, C1, C2, DIL)
-            mask = (mask | is_x) & kin[None, :]
-            dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d,
-                          qk_scale, mask, True)
+            for sub in range(0, BN // SUB_N):
+                rows = row0 + sub * SUB_N + offs_n
+                k0, k1, k2 = _tile_coords(c0, c1, c2, sub * SUB_N + offs_n, TK0, TK1, TK2)
+                kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
+                if KM_GRID:
+                    kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+                mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
+                                    d0, d1, d2, C0, C1, C2, DIL)
+                mask = (mask | is_x) & kin[None, :]
+                dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d,
+                              qk_scale, mask, True)
         c0, c1, c2 = _odometer_step(c0, c1, c2, cl1, cl2, ch1 + 1, ch2 + 1)
     if HAS_EXTRA:
-        nxp = (P + BN - 1) // BN
-        nx = nxp + (S + BN - 1) // BN
+        nxp = (P + SUB_N - 1) // SUB_N
+        nx = nxp + (S + SUB_N - 1) // SUB_N
         for j in range(0, nx):
             is_pre = j < nxp
-            xs = tl.where(is_pre, j * BN, P + NG + (j - nxp) * BN)
+            xs = tl.where(is_pre, j * SUB_N, P + NG + (j - nxp) * SUB_N)
             xe = tl.where(is_pre, P, P + NG + S)
             rows = xs + offs_n
             kin = rows < xe

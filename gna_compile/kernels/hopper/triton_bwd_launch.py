@@ -119,6 +119,7 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
         dout.stride(2), delta.stride(0), delta.stride(1), N, BM=64, D=D, **opts)
     if grad_lse is not None:
         delta -= grad_lse.to(device=q.device, dtype=torch.float32)
+    sub_m, sub_n = config.steps(BM, BN)
     meta = dict(TQ0=tq3[0], TQ1=tq3[1], TQ2=tq3[2], TK0=tk3[0], TK1=tk3[1], TK2=tk3[2], BM=BM, BN=BN, D=D,
                 C0=cau3[0], C1=cau3[1], C2=cau3[2], DIL=any(d > 1 for d in dil3),
                 KM_GRID=bool(key_mask is not None and key_mask_grid), HAS_KM=key_mask is not None,
@@ -132,11 +133,11 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
     _gna_bwd_dkdv[(n_extra_kv + math.prod(nk), Hkv, B)](
         q, k, v, dout, lse, delta, km, tab, dk, dv, *common,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), tab.stride(1),
-        H // Hkv, P, S, NG, nt[1], nt[2], nk[1], nk[2], n_extra_kv, *problem, **meta, **opts)
+        H // Hkv, P, S, NG, nt[1], nt[2], nk[1], nk[2], n_extra_kv, *problem, SUB_M=sub_m, **meta, **opts)
     n_extra_q = -(-P // BM) + -(-S // BM)
     _gna_bwd_dq[(n_extra_q + math.prod(nt), H, B)](
         q, k, v, dout, lse, delta, km, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2),
-        H // Hkv, P, S, NG, nt[1], nt[2], n_extra_q, *problem, **meta, **opts)
+        H // Hkv, P, S, NG, nt[1], nt[2], n_extra_q, *problem, SUB_N=sub_n, **meta, **opts)
     return dq, dk, dv
 
 
