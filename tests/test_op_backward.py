@@ -24,7 +24,7 @@ TOL = 3e-2 if CUDA else 1e-4
 
 # shape, window, stride, extra_prefix, extra_suffix, H, Hkv, tiles
 CASES = {
-    "2d_extras_gqa": ((6, 8), (3, 5), (2, 1), 2, 3, 4, 2, ((2, 8), (2, 8))),
+    "2d_extras_gqa": ((4, 8), (3, 5), (2, 1), 1, 2, 2, 1, ((2, 8), (2, 8))),
     "1d_block_sparse": ((64,), 48, 16, 0, 0, 2, 2, ((16,), (16,))),
 }
 

@@ -103,7 +103,7 @@ def _run(q, k, v, do, spec, qt, kt, P, S, scale, km=None, km_grid=False, natural
 # Tiles larger than the kernels' steps: dK/dV walks each Q tile in block_m rows, dQ each KV
 # tile in block_n keys; extra-token counts not multiples of either.
 SUB_CASES = {
-    "1d_extras_gqa": ((40,), 9, 2, 1, False, (32,), (32,), 5, 19, 4, 2),
+    "1d_extras_gqa": ((40,), 9, 2, 1, False, (32,), (32,), 5, 19, 2, 1),
     "2d_stride_partial": ((7, 8), (3, 5), (1, 2), 1, False, (4, 8), (4, 8), 0, 3, 2, 1),
 }
 
