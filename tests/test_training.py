@@ -1,11 +1,16 @@
 """backend="gna" in graphs that need gradients: the joint graph's backward follows the
 rewritten forward (the GNA backward op), and parameter gradients equal the eager model's
-with reference GNA at the same calls."""
+with reference GNA at the same calls. With permutation hoisting the backward runs on tiled
+tokens too; reductions over the tokens that depend on their order (positional weights made
+in the graph) must still see one order."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
+from torch import nn
 
 import gna_compile
 from gna_compile import GNA, Policy
@@ -13,26 +18,94 @@ from gna_compile.models import TinyVideoDiT
 
 from backend_models import reference_sdpa
 
+POLICY = dict(default=GNA((2, 3, 3), (1, 2, 2)))
+PLAN = dict(shape=(2, 4, 4), window=(2, 3, 3), stride=(1, 2, 2), extra_suffix=3)
 
-@pytest.mark.parametrize("inner", ["eager", "inductor"])
-def test_compiled_dit_gradients_equal_the_reference(inner):
-    torch.manual_seed(0)
-    m = TinyVideoDiT(depth=2)
-    args = (torch.randn(2, 4, 2, 8, 8), torch.randn(2, 3, 16), torch.tensor([[True, True, False]] * 2))
-    torch._dynamo.reset()
-    be = gna_compile.backend(Policy(default=GNA((2, 3, 3), (1, 2, 2))), inner=inner)
-    out = torch.compile(m, backend=be)(*args)
-    out.square().sum().backward()
-    got = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+def _inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2, 3, 16, generator=g),
+            torch.tensor([[True, True, False]] * 2))
+
+
+def _loss(out):
+    return sum(o.square().sum() for o in (out if isinstance(out, tuple) else (out,)))
+
+
+def _step(fn, m, args):
+    out = fn(*args)
+    _loss(out).backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     m.zero_grad()
-    with reference_sdpa(lambda q, k: dict(shape=(2, 4, 4), window=(2, 3, 3), stride=(1, 2, 2), extra_suffix=3)):
-        want_out = m(*args)
-    want_out.square().sum().backward()
-    want = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
-    assert [r.rewritten for r in be.records] == [True, True]
-    ops = [str(n.target) for g in be.graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert ops.count("gna_compile.gna_attention_backward.default") == 2 and not any("sdpa_site" in o for o in ops)
+    return out, grads
+
+
+def _check(m, inner="eager", hoist=True):
+    """Compile, train one step on warm-up inputs, then one on fresh ones against the eager
+    reference; returns the backend and the op counts of its graphs."""
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(**POLICY), inner=inner, hoist_permutations=hoist)
+    compiled = torch.compile(m, backend=be)
+    _step(compiled, m, _inputs(0))
+    args = _inputs(torch.randint(1 << 30, ()).item())
+    out, got = _step(compiled, m, args)
+    with reference_sdpa(lambda q, k: PLAN):
+        want_out, want = _step(m, m, args)
     torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-5)
     assert got.keys() == want.keys()
     for n in got:
         torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=n)
+    ops = collections.Counter(getattr(n.target, "_opname", "") for g in be.graphs for n in g.graph.nodes
+                              if n.op == "call_function")
+    return be, ops
+
+
+@pytest.mark.parametrize("inner,hoist", [("eager", False), ("eager", True), ("inductor", True)])
+def test_compiled_dit_gradients_equal_the_reference(inner, hoist):
+    torch.manual_seed(0)
+    be, ops = _check(TinyVideoDiT(depth=2), inner, hoist)
+    assert [r.rewritten for r in be.records] == [True, True]
+    assert not any("sdpa_site" in o for o in ops)
+    if not hoist:
+        assert ops["gna_attention_backward"] == 2 and ops["permute_tokens"] == ops["unpermute_tokens"] == 0
+        return
+    (res,) = be.hoist_results
+    assert (res.calls, res.backward_calls) == (2, 2), str(res)
+    assert ops["gna_attention_tiled_backward"] == 2 and ops["gna_attention_tiled_lse"] == 2
+    assert ops["gna_attention_backward"] == ops["gna_attention_lse"] == 0
+    permutes = ops["permute_tokens"] + ops["unpermute_tokens"]
+    # entries: the patch tokens, the RoPE cos/sin tables, the output's gradient; exits: the
+    # output and the patch tokens' gradient (per-call permutation: 4 per call, 8 per step)
+    assert permutes == res.permutes == 6 < 4 * res.calls, str(res)
+
+
+class PositionWeighted(nn.Module):
+    """A block followed by ops whose result depends on the token order: a learnable gain
+    scaled by the token position (its gradient sums grad * x * position over the tokens),
+    and a contraction of the tokens with a position basis (an mm over the tokens whose
+    other operand is made in the graph from torch.arange)."""
+
+    def __init__(self, block, dim=32):
+        super().__init__()
+        self.block = block
+        self.gain = nn.Parameter(torch.randn(dim) * 0.5)
+        self.mix = nn.Linear(4, 1)
+
+    def forward(self, x, text, cos, sin, mask=None):
+        x, text = self.block(x, text, cos, sin, mask)
+        n = x.shape[1]
+        pos = torch.arange(n, dtype=x.dtype, device=x.device)[:, None] / n
+        x = x * (1 + self.gain * pos)
+        basis = torch.cos(pos * torch.arange(1, 5, dtype=x.dtype, device=x.device))  # [N, 4]
+        pooled = torch.einsum("bnc,nk->bck", x, basis)
+        return x + self.mix(pooled).transpose(1, 2), text
+
+
+def test_position_dependent_reductions_keep_gradients_exact():
+    torch.manual_seed(1)
+    m = TinyVideoDiT(depth=2)
+    m.blocks[0] = PositionWeighted(m.blocks[0])
+    be, ops = _check(m)
+    (res,) = be.hoist_results
+    assert (res.calls, res.backward_calls) == (2, 2), str(res)
+    assert ops["gna_attention_tiled_backward"] == 2
