@@ -122,7 +122,11 @@ def _reshape_fwd(ins, outs, p: Place):
     for j in reversed(range(len(outs))):
         if same(acc, after):
             o = _outer(outs[j], p.length)
-            return None if o is None else Place(j, p.pre, p.suf, p.length, o)
+            if o is not None:
+                return Place(j, p.pre, p.suf, p.length, o)
+            if not same(outs[j], 1):
+                return None
+            continue  # a size-1 dim after the tokens' (``[N, 1]`` from ``[N]``): look further in
         acc = sympy.expand(acc * outs[j])
     return None
 
