@@ -16,9 +16,10 @@ Joint training graphs: the LSE forward and the backward op are GNA calls too (be
 ``gna_attention_tiled_lse`` / ``gna_attention_tiled_backward``), so the region reaches into
 the backward through the saved activations; tangents enter it like any natural tensor. A
 weight gradient contracts the tokens away (``mm(x.t(), grad)``, ``sum`` over tokens): such a
-node (:data:`REDUCED`, from :func:`op_rules.order_free_reductions`) reads tiled operands only
-when every operand of the reduced index is in the region in one layout; its output has no
-token dim, so it is the same in both orders.
+node (:data:`REDUCED`, from :func:`op_rules.order_free_reductions`) reads every operand of
+the reduced index in one tiled order (one that is natural is permuted in, exactly like the
+operand of a pointwise op), never one tiled and one natural; its output has no token dim, so
+it is the same in both orders.
 
 Sound by construction: an op without a rule, an op that mixes along the token dim, a write
 into a token range, a dense attention whose keys are masked: all read natural order. Only
@@ -28,6 +29,7 @@ whole tiles (no padding) are hoisted, so no tensor changes shape.
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from dataclasses import dataclass, field
 
 import sympy
@@ -464,7 +466,7 @@ class _Region:
         for u in outside:  # e.g. o[:, :, n_video:]: the text tokens, in place in both orders
             got = _fwd(u, node, place) if isinstance(place, Place) else None
             if got is REDUCED:  # e.g. a bias gradient's sum over the tokens
-                need = _reduced_needs(u, {**self.place, node: place})
+                need = _reduced_needs(u, ChainMap({node: place}, self.place))
                 if need is None or need.get(node) != place:
                     return None, None
             elif got is not EXTRAS:
