@@ -83,3 +83,18 @@ def test_tiled_backward_pads_with_zero_rows():
     for g, w in zip(got, want):
         assert torch.all(g[:, :, pad] == 0)
         torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)
+
+
+def test_tiled_backward_in_dense_mode_equals_the_natural_op():
+    """``dense=True`` (a forward traced under dense_attention): full attention's gradients."""
+    torch.manual_seed(3)
+    shape, tile = (4, 8), (2, 4)
+    q, k, v, go = (torch.randn(1, 2, 32, 8) for _ in range(4))
+    args = (shape, tile, 0, 0)
+    head = _call(shape, tile, 0, 0, (False, False))
+    tail = (None, True, list(tile), list(tile), "auto")
+    perm = lambda t: OPS.permute_tokens(t, *args)  # noqa: E731
+    got = OPS.gna_attention_tiled_backward(perm(go), None, perm(q), perm(k), perm(v), None, None, *head, *tail, True)
+    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)

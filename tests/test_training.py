@@ -113,3 +113,51 @@ def test_position_dependent_reductions_keep_gradients_exact():
     (res,) = be.hoist_results
     assert (res.calls, res.backward_calls) == (2, 2), str(res)
     assert ops["gna_attention_tiled_backward"] == 2
+
+
+class LseBlock(nn.Module):
+    """Calls gna_attention_lse itself, with a tiling that reorders its 8x16 grid, and feeds
+    the LSE into its output: the backward op gets the LSE's gradient (tiled when hoisted)."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.lse_gain = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, 2, C // 2).permute(2, 0, 3, 1, 4)
+        o, lse = gna_compile.gna_attention_lse(q, k, v, (8, 16), (3, 4), (1, 2), tiles=((4, 8), (4, 8)))
+        o = o.transpose(1, 2).reshape(B, N, C)
+        return x + self.proj(o) + lse.mean(1)[..., None] * self.lse_gain
+
+
+class LseNet(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.patch = nn.Conv2d(4, dim, 2, 2)
+        self.blocks = nn.Sequential(LseBlock(dim), LseBlock(dim))
+        self.head = nn.Linear(dim, 16)
+
+    def forward(self, img):
+        B = img.shape[0]
+        x = self.blocks(self.patch(img).flatten(2).transpose(1, 2))
+        return self.head(x).view(B, 8, 16, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, 4, 16, 32)
+
+
+def test_direct_lse_calls_train_hoisted_with_the_lse_gradient():
+    torch.manual_seed(2)
+    m = LseNet()
+    img = torch.randn(2, 4, 16, 32)
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(), inner="eager")
+    out, got = _step(torch.compile(m, backend=be), m, (img,))
+    want_out, want = _step(m, m, (img,))
+    torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-5)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=n)
+    (res,) = be.hoist_results
+    assert (res.calls, res.backward_calls) == (2, 2), str(res)
+    bwd = [n for g in be.graphs for n in g.graph.nodes
+           if getattr(n.target, "_opname", "") == "gna_attention_tiled_backward"]
+    assert len(bwd) == 2 and all(isinstance(n.args[1], torch.fx.Node) for n in bwd)  # grad_lse, tiled
