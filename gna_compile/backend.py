@@ -36,7 +36,7 @@ class GNABackend:
     compiled so far; ``graphs`` the rewritten ATen graphs; ``hoist_results`` what hoisting
     did. ``inner`` is ``"inductor"`` (default), ``"aot_eager"``, ``"eager"`` or a compiler
     callable, which receives the rewritten ATen graph. ``hoist_permutations`` (default on)
-    keeps tokens in tiled order between GNA calls (inference graphs only).
+    keeps tokens in tiled order between GNA calls (in training graphs, through the backward too).
     """
 
     def __init__(self, policy: Optional[Policy] = None,

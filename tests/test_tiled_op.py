@@ -33,3 +33,68 @@ def test_permute_ops_round_trip_and_grad():
     assert torch.equal(OPS.unpermute_tokens(y, *args), x)
     (g,) = torch.autograd.grad((y * y).sum(), x)
     torch.testing.assert_close(g, 2 * x)
+
+
+def _call(shape, tile, pre, post, causal):
+    return (list(shape), [3, 4], [1, 2], [1, 1], list(causal), pre, post, 8 ** -0.5)
+
+
+def test_tiled_lse_and_backward_equal_the_natural_ops():
+    """Joint-graph ops: out, LSE and (dq, dk, dv) in tiled order are the natural ops' results
+    permuted, with a key mask in natural order, GQA, and the LSE's own gradient."""
+    torch.manual_seed(1)
+    shape, tile, pre, post = (4, 8), (2, 4), 2, 3
+    n = pre + 32 + post
+    q, k, v = torch.randn(2, 4, n, 8), torch.randn(2, 2, n, 8), torch.randn(2, 2, n, 8)
+    go, gl = torch.randn(2, 4, n, 8), torch.randn(2, 4, n)
+    km = torch.rand(2, n) > 0.2
+    args = (shape, tile, pre, post)
+    head = _call(shape, tile, pre, post, (False, True))
+    tail = (km, True, list(tile), list(tile), "auto")
+    perm = lambda t: OPS.permute_tokens(t, *args)  # noqa: E731
+    perm_rows = lambda t: OPS.permute_tokens(t[..., None], *args)[..., 0]  # noqa: E731
+    out, lse = OPS.gna_attention_lse(q, k, v, *head, *tail)
+    out_p, lse_p = OPS.gna_attention_tiled_lse(perm(q), perm(k), perm(v), *head, *tail)
+    torch.testing.assert_close(out_p, perm(out))
+    torch.testing.assert_close(lse_p, perm_rows(lse))
+    want = OPS.gna_attention_backward(go, gl, q, k, v, out, lse, *head, *tail, False)
+    got = OPS.gna_attention_tiled_backward(perm(go), perm_rows(gl), perm(q), perm(k), perm(v), out_p, lse_p,
+                                           *head, *tail, False)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, perm(w))
+
+
+def test_tiled_backward_pads_with_zero_rows():
+    """A tile that pads the grid: the gradients' padding rows are zeros, the rest the natural op's."""
+    torch.manual_seed(2)
+    shape, tile = (5, 6), (2, 4)
+    q, k, v, go = (torch.randn(1, 2, 30, 8) for _ in range(4))
+    args = (shape, tile, 0, 0)
+    head = _call(shape, tile, 0, 0, (False, False))
+    tail = (None, True, list(tile), list(tile), "auto")
+    perm = lambda t: OPS.permute_tokens(t, *args)  # noqa: E731
+    qp, kp, vp = perm(q), perm(k), perm(v)
+    pad = OPS.permute_tokens(torch.ones(1, 1, 30, 1), *args)[0, 0, :, 0] == 0
+    assert pad.sum() == 48 - 30
+    qp, kp, vp = (t.masked_fill(pad[:, None], 7.0) for t in (qp, kp, vp))  # garbage in padding rows
+    out_p, lse_p = OPS.gna_attention_tiled_lse(qp, kp, vp, *head, *tail)
+    got = OPS.gna_attention_tiled_backward(perm(go), None, qp, kp, vp, out_p, lse_p, *head, *tail, False)
+    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, False)
+    for g, w in zip(got, want):
+        assert torch.all(g[:, :, pad] == 0)
+        torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)
+
+
+def test_tiled_backward_in_dense_mode_equals_the_natural_op():
+    """``dense=True`` (a forward traced under dense_attention): full attention's gradients."""
+    torch.manual_seed(3)
+    shape, tile = (4, 8), (2, 4)
+    q, k, v, go = (torch.randn(1, 2, 32, 8) for _ in range(4))
+    args = (shape, tile, 0, 0)
+    head = _call(shape, tile, 0, 0, (False, False))
+    tail = (None, True, list(tile), list(tile), "auto")
+    perm = lambda t: OPS.permute_tokens(t, *args)  # noqa: E731
+    got = OPS.gna_attention_tiled_backward(perm(go), None, perm(q), perm(k), perm(v), None, None, *head, *tail, True)
+    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)

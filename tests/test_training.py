@@ -1,38 +1,163 @@
 """backend="gna" in graphs that need gradients: the joint graph's backward follows the
 rewritten forward (the GNA backward op), and parameter gradients equal the eager model's
-with reference GNA at the same calls."""
+with reference GNA at the same calls. With permutation hoisting the backward runs on tiled
+tokens too; reductions over the tokens that depend on their order (positional weights made
+in the graph) must still see one order."""
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
+from torch import nn
 
 import gna_compile
 from gna_compile import GNA, Policy
+from gna_compile.kernels.permute import permutation_index
 from gna_compile.models import TinyVideoDiT
 
 from backend_models import reference_sdpa
 
+POLICY = dict(default=GNA((2, 3, 3), (1, 2, 2)))
+# a 2x8x16 token grid: the kernel's tile (2, 4, 16) splits it, so tiled order is not natural
+PLAN = dict(shape=(2, 8, 16), window=(2, 3, 3), stride=(1, 2, 2), extra_suffix=3)
 
-@pytest.mark.parametrize("inner", ["eager", "inductor"])
-def test_compiled_dit_gradients_equal_the_reference(inner):
-    torch.manual_seed(0)
-    m = TinyVideoDiT(depth=2)
-    args = (torch.randn(2, 4, 2, 8, 8), torch.randn(2, 3, 16), torch.tensor([[True, True, False]] * 2))
-    torch._dynamo.reset()
-    be = gna_compile.backend(Policy(default=GNA((2, 3, 3), (1, 2, 2))), inner=inner)
-    out = torch.compile(m, backend=be)(*args)
-    out.square().sum().backward()
-    got = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+def _inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 4, 2, 16, 32, generator=g), torch.randn(2, 3, 16, generator=g),
+            torch.tensor([[True, True, False], [True, False, False]]))
+
+
+def _loss(out):
+    return sum(o.square().sum() for o in (out if isinstance(out, tuple) else (out,)))
+
+
+def _step(fn, m, args):
+    out = fn(*args)
+    _loss(out).backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     m.zero_grad()
-    with reference_sdpa(lambda q, k: dict(shape=(2, 4, 4), window=(2, 3, 3), stride=(1, 2, 2), extra_suffix=3)):
-        want_out = m(*args)
-    want_out.square().sum().backward()
-    want = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
-    assert [r.rewritten for r in be.records] == [True, True]
-    ops = [str(n.target) for g in be.graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert ops.count("gna_compile.gna_attention_backward.default") == 2 and not any("sdpa_site" in o for o in ops)
+    return out, grads
+
+
+def _check(m, inner="eager", hoist=True):
+    """Compile and train one step on fresh random inputs, against the eager reference;
+    returns the backend and the op counts of its graphs."""
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(**POLICY), inner=inner, hoist_permutations=hoist)
+    compiled = torch.compile(m, backend=be)
+    args = _inputs(torch.randint(1 << 30, ()).item())
+    out, got = _step(compiled, m, args)
+    with reference_sdpa(lambda q, k: PLAN):
+        want_out, want = _step(m, m, args)
     torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-5)
     assert got.keys() == want.keys()
     for n in got:
         torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=n)
+    ops = collections.Counter(getattr(n.target, "_opname", "") for g in be.graphs for n in g.graph.nodes
+                              if n.op == "call_function")
+    for r in be.rewritten:  # else a wrong token order would go unseen
+        idx = permutation_index(PLAN["shape"], r.q_tile)
+        assert not torch.equal(idx, torch.arange(idx.numel())), r.q_tile
+    return be, ops
+
+
+@pytest.mark.parametrize("inner,hoist", [("eager", False), ("eager", True), ("inductor", True)])
+def test_compiled_dit_gradients_equal_the_reference(inner, hoist):
+    torch.manual_seed(0)
+    be, ops = _check(TinyVideoDiT(depth=2), inner, hoist)
+    assert [r.rewritten for r in be.records] == [True, True]
+    assert not any("sdpa_site" in o for o in ops)
+    if not hoist:
+        assert ops["gna_attention_backward"] == 2 and ops["permute_tokens"] == ops["unpermute_tokens"] == 0
+        return
+    (res,) = be.hoist_results
+    assert (res.calls, res.backward_calls) == (2, 2), str(res)
+    assert ops["gna_attention_tiled_backward"] == 2 and ops["gna_attention_tiled_lse"] == 2
+    assert ops["gna_attention_backward"] == ops["gna_attention_lse"] == 0
+    permutes = ops["permute_tokens"] + ops["unpermute_tokens"]
+    # entries: the patch tokens, the RoPE cos/sin tables, the output's gradient; exits: the
+    # output and the patch tokens' gradient (per-call permutation: 4 per call, 8 per step)
+    assert permutes == res.permutes == 6 < 4 * res.calls, str(res)
+
+
+class PositionWeighted(nn.Module):
+    """A block followed by ops whose result depends on the token order: a learnable gain
+    scaled by the token position (its gradient sums grad * x * position over the tokens),
+    and a contraction of the tokens with a position basis (an mm over the tokens whose
+    other operand is made in the graph from torch.arange)."""
+
+    def __init__(self, block, dim=32):
+        super().__init__()
+        self.block = block
+        self.gain = nn.Parameter(torch.randn(dim) * 0.5)
+        self.mix = nn.Linear(4, 1)
+
+    def forward(self, x, text, cos, sin, mask=None):
+        x, text = self.block(x, text, cos, sin, mask)
+        n = x.shape[1]
+        pos = torch.arange(n, dtype=x.dtype, device=x.device)[:, None] / n
+        x = x * (1 + self.gain * pos)
+        basis = torch.cos(pos * torch.arange(1, 5, dtype=x.dtype, device=x.device))  # [N, 4]
+        pooled = torch.einsum("bnc,nk->bck", x, basis)
+        return x + self.mix(pooled).transpose(1, 2), text
+
+
+def test_position_dependent_reductions_keep_gradients_exact():
+    torch.manual_seed(1)
+    m = TinyVideoDiT(depth=2)
+    m.blocks[0] = PositionWeighted(m.blocks[0])
+    be, ops = _check(m)
+    (res,) = be.hoist_results
+    assert (res.calls, res.backward_calls) == (2, 2), str(res)
+    assert ops["gna_attention_tiled_backward"] == 2
+
+
+class LseBlock(nn.Module):
+    """Calls gna_attention_lse itself, with a tiling that reorders its 8x16 grid, and feeds
+    the LSE into its output: the backward op gets the LSE's gradient (tiled when hoisted)."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.lse_gain = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, 2, C // 2).permute(2, 0, 3, 1, 4)
+        o, lse = gna_compile.gna_attention_lse(q, k, v, (8, 16), (3, 4), (1, 2), tiles=((4, 8), (4, 8)))
+        o = o.transpose(1, 2).reshape(B, N, C)
+        return x + self.proj(o) + lse.mean(1)[..., None] * self.lse_gain
+
+
+class LseNet(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.patch = nn.Conv2d(4, dim, 2, 2)
+        self.blocks = nn.Sequential(LseBlock(dim), LseBlock(dim))
+        self.head = nn.Linear(dim, 16)
+
+    def forward(self, img):
+        B = img.shape[0]
+        x = self.blocks(self.patch(img).flatten(2).transpose(1, 2))
+        return self.head(x).view(B, 8, 16, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, 4, 16, 32)
+
+
+def test_direct_lse_calls_train_hoisted_with_the_lse_gradient():
+    torch.manual_seed(2)
+    m = LseNet()
+    img = torch.randn(2, 4, 16, 32)
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(), inner="eager")
+    out, got = _step(torch.compile(m, backend=be), m, (img,))
+    want_out, want = _step(m, m, (img,))
+    torch.testing.assert_close(out, want_out, atol=1e-5, rtol=1e-5)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=n)
+    (res,) = be.hoist_results
+    assert (res.calls, res.backward_calls) == (2, 2), str(res)
+    bwd = [n for g in be.graphs for n in g.graph.nodes
+           if getattr(n.target, "_opname", "") == "gna_attention_tiled_backward"]
+    assert len(bwd) == 2 and all(isinstance(n.args[1], torch.fx.Node) for n in bwd)  # grad_lse, tiled

@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_mode, dense_sdpa, forced_backend
+from .dispatch import KeyMask, dense_mode, dense_sdpa, forced_backend, reference_backward, run_gna_backward
 from .permute import padded_shape, permute_tokens, unpermute_tokens
 from .reference import reference_attention
 
-__all__ = ["permute_op", "unpermute_op", "gna_tiled_op", "tiled_length"]
+__all__ = ["permute_op", "unpermute_op", "gna_tiled_op", "gna_tiled_lse_op", "gna_tiled_backward_op",
+           "tiled_length"]
 
 
 def tiled_length(shape, tile, extra_prefix: int = 0, extra_suffix: int = 0) -> int:
@@ -113,7 +114,8 @@ for _op, _inverse in ((permute_op, False), (unpermute_op, True)):
 
 
 def _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km):
-    """The Triton kernel on tiled-order tensors, or None where it does not support the call."""
+    """``(out, lse)`` of the Triton kernel on tiled-order tensors, or None where it does not
+    support the call."""
     try:
         from .triton_backend import why_not
         from .hopper import gna_attention_permuted
@@ -121,7 +123,46 @@ def _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km):
         return None
     if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:
         return None
-    return gna_attention_permuted(q, k, v, spec, *tiles, extra_prefix, extra_suffix, scale, km)[0]
+    return gna_attention_permuted(q, k, v, spec, *tiles, extra_prefix, extra_suffix, scale, km)
+
+
+def _fast_tiled_backward(grad_out, grad_lse, q, k, v, out, lse, spec, tiles, extra_prefix, extra_suffix,
+                         scale, km):
+    """``(dq, dk, dv)`` of the Triton backward on tiled-order tensors, or None where the Triton
+    forward or backward does not take the call (the forward's condition first: the backward
+    reads the LSE that forward wrote)."""
+    try:
+        from .triton_backend import why_not
+        from .hopper import gna_attention_permuted, gna_backward_permuted, why_not_backward_permuted
+    except ImportError:
+        return None
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None or \
+            why_not_backward_permuted(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:
+        return None
+    if out is None or lse is None:
+        out, lse = gna_attention_permuted(q, k, v, spec, *tiles, extra_prefix, extra_suffix, scale, km)
+    return gna_backward_permuted(q, k, v, out.contiguous(), lse.contiguous(), grad_out.to(q.dtype).contiguous(),
+                                 spec, *tiles, extra_prefix, extra_suffix, scale, km,
+                                 grad_lse=None if grad_lse is None else grad_lse.float().contiguous())
+
+
+def _rows(fn, x, args):
+    """A token permutation of a ``[..., N]`` tensor (the LSE), through the ``[..., N, 1]`` one."""
+    return fn(x[..., None], *args)[..., 0]
+
+
+def _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix, key_mask, key_mask_spatial,
+          q_tile, kv_tile, B):
+    """(spec, permutation args, tiles, KeyMask or None) of a tiled call; dense mode: a dense spec."""
+    from .op import key_mask_2d
+    spec = make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
+    if dense_mode():
+        spec = make_spec(spec.shape, spec.shape)
+    args = (tuple(shape), tuple(q_tile), extra_prefix, extra_suffix)
+    n_nat = extra_prefix + spec.num_tokens + extra_suffix
+    km = None if key_mask is None else KeyMask(key_mask_2d(key_mask, B, n_nat), key_mask_spatial)
+    return spec, args, (tuple(q_tile), tuple(kv_tile)), km
 
 
 @torch.library.custom_op("gna_compile::gna_attention_tiled", mutates_args=())
@@ -140,9 +181,9 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
     if q.numel() == 0:
         return q.new_empty(*q.shape[:-1], v.shape[-1])
     if q.is_cuda and forced_backend(backend) in ("auto", "triton") and not dense_mode():
-        out = _fast_tiled(q, k, v, spec, (tuple(q_tile), tuple(kv_tile)), extra_prefix, extra_suffix, scale, km)
-        if out is not None:  # None: the kernel does not support this call
-            return out.contiguous()
+        got = _fast_tiled(q, k, v, spec, (tuple(q_tile), tuple(kv_tile)), extra_prefix, extra_suffix, scale, km)
+        if got is not None:  # None: the kernel does not support this call
+            return got[0].contiguous()
     # Fallback: back to natural order, reference (or dense SDPA in hybrid mode), tiled again.
     qn, kn, vn = (unpermute_tokens(t, *args) for t in (q, k, v))
     if dense_mode():
@@ -156,3 +197,71 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
       key_mask, key_mask_spatial, q_tile, kv_tile, backend):
     return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+@torch.library.custom_op("gna_compile::gna_attention_tiled_lse", mutates_args=())
+def gna_tiled_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int],
+                     stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
+                     extra_suffix: int, scale: float, key_mask: Optional[Tensor],
+                     key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int],
+                     backend: str) -> tuple[Tensor, Tensor]:
+    """``gna_attention_lse`` on q/k/v in the tiled order of ``q_tile``: out and the fp32 LSE
+    ``[B, H, N_tiled]`` in that order; ``key_mask`` stays in natural order."""
+    if q.numel() == 0 or v.shape[-1] == 0:
+        return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
+                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0])
+    if q.is_cuda and forced_backend(backend) in ("auto", "triton"):
+        got = _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km)
+        if got is not None:
+            return got[0].contiguous(), got[1].float().contiguous()
+    qn, kn, vn = (unpermute_tokens(t, *args) for t in (q, k, v))
+    out, lse = reference_attention(qn, kn, vn, spec, extra_prefix, extra_suffix, scale,
+                                   None if km is None else km.mask)
+    return permute_tokens(out, *args).contiguous(), _rows(permute_tokens, lse, args).contiguous()
+
+
+@gna_tiled_lse_op.register_fake
+def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
+      key_mask, key_mask_spatial, q_tile, kv_tile, backend):
+    return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("gna_compile::gna_attention_tiled_backward", mutates_args=())
+def gna_tiled_backward_op(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+                          out: Optional[Tensor], lse: Optional[Tensor], shape: list[int], window: list[int],
+                          stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
+                          extra_suffix: int, scale: float, key_mask: Optional[Tensor],
+                          key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int], backend: str,
+                          dense: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``gna_attention_backward`` with every token-indexed tensor (grad_out, grad_lse, q, k, v,
+    out, lse and the returned dq, dk, dv) in the tiled order of ``q_tile``; ``key_mask`` stays
+    in natural order. Padding rows of the gradients are zeros."""
+    if q.numel() == 0 or v.shape[-1] == 0:
+        return tuple(torch.zeros_like(t) for t in (q, k, v))
+    spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
+                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0])
+    dense = dense or dense_mode()
+    if dense:
+        spec = make_spec(spec.shape, spec.shape)
+    grads = None
+    if q.is_cuda and not dense and forced_backend(backend) in ("auto", "triton"):
+        grads = _fast_tiled_backward(grad_out, grad_lse, q, k, v, out, lse, spec, tiles, extra_prefix,
+                                     extra_suffix, scale, km)
+    if grads is None:  # natural order, the natural op's backward, tiled again (padding: zeros)
+        gn, qn, kn, vn = (unpermute_tokens(t, *args) for t in (grad_out, q, k, v))
+        gl = None if grad_lse is None else _rows(unpermute_tokens, grad_lse, args)
+        if dense:
+            grads = reference_backward(gn, gl, qn, kn, vn, spec, extra_prefix, extra_suffix, scale, km)
+        else:
+            on = None if out is None else unpermute_tokens(out, *args)
+            ln = None if lse is None else _rows(unpermute_tokens, lse, args)
+            grads = run_gna_backward(gn, gl, qn, kn, vn, on, ln, spec, extra_prefix, extra_suffix, scale, km,
+                                     backend, tiles)
+        grads = [None if g is None else permute_tokens(g, *args) for g in grads]
+    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+
+
+@gna_tiled_backward_op.register_fake
+def _(grad_out, grad_lse, q, k, v, *args):
+    return tuple(t.new_empty(t.shape) for t in (q, k, v))

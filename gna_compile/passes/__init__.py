@@ -18,7 +18,7 @@ import torch
 from .analyze import Context, analyze
 from .names import qualify, root_names, stack_modules
 from .record import CallRecord
-from .rewrite import GNA_OP, fill_tiles, rewrite, rewrite_backward
+from .rewrite import GNA_LSE_OP, GNA_OP, fill_tiles, rewrite, rewrite_backward
 from .sites import mark_sites
 
 SITE_BWD = torch.ops.gna_compile.sdpa_site_backward.default
@@ -120,7 +120,8 @@ class AtenPass:
 
     def run(self, gm: torch.fx.GraphModule, training: bool = False):
         """Analyze, rewrite and hoist one ATen graph: an inference graph, or a joint forward +
-        backward graph (training: the site backwards follow their forwards, no hoisting)."""
+        backward graph (training: the site backwards follow their forwards, and hoisting keeps
+        the backward's tokens tiled too)."""
         graph = gm.graph
         be = self.backend
         if gm in be.graphs:
@@ -138,7 +139,7 @@ class AtenPass:
             fill_tiles(graph)
             if training:
                 rewrite_backward(graph, records, fake_mode)
-            elif be.hoist and any(n.op == "call_function" and n.target is GNA_OP for n in graph.nodes):
+            if be.hoist and any(n.op == "call_function" and n.target in (GNA_OP, GNA_LSE_OP) for n in graph.nodes):
                 from .hoist_permutations import hoist_permutations
                 result = hoist_permutations(gm, records, fake_mode)
         graph.eliminate_dead_code()

@@ -12,6 +12,15 @@ order. Then ``permute_tokens`` is put on every edge that enters the region and
 ``unpermute_tokens`` on every edge that leaves it (graph outputs included), and the GNA
 calls become ``gna_attention_tiled``.
 
+Joint training graphs: the LSE forward and the backward op are GNA calls too (becoming
+``gna_attention_tiled_lse`` / ``gna_attention_tiled_backward``), so the region reaches into
+the backward through the saved activations; tangents enter it like any natural tensor. A
+weight gradient contracts the tokens away (``mm(x.t(), grad)``, ``sum`` over tokens): such a
+node (:data:`REDUCED`, from :func:`op_rules.order_free_reductions`) reads every operand of
+the reduced index in one tiled order (one that is natural is permuted in, exactly like the
+operand of a pointwise op), never one tiled and one natural; its output has no token dim, so
+it is the same in both orders.
+
 Sound by construction: an op without a rule, an op that mixes along the token dim, a write
 into a token range, a dense attention whose keys are masked: all read natural order. Only
 whole tiles (no padding) are hoisted, so no tensor changes shape.
@@ -20,15 +29,16 @@ whole tiles (no padding) are hoisted, so no tensor changes shape.
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from dataclasses import dataclass, field
 
 import sympy
 import torch
 from torch.fx import GraphModule, Node
 
-from .op_rules import rule
+from .op_rules import order_free_reductions, rule, slice_write, uniform
 from .ops import GETITEM, args_of, op_key
-from .rewrite import GNA_OP, set_val
+from .rewrite import GNA_BWD, GNA_LSE_OP, GNA_OP, set_val
 from .sites import SITE_OP
 from .symbolic import divides, hint, same, shape_of, static_int, val
 
@@ -36,6 +46,10 @@ __all__ = ["hoist_permutations", "HoistResult", "Place"]
 
 _OPS = torch.ops.gna_compile
 TILED_OP = _OPS.gna_attention_tiled.default
+# each GNA op and its tiled-order twin (same arguments, every token-indexed tensor tiled)
+TILED = {GNA_OP: TILED_OP, GNA_LSE_OP: _OPS.gna_attention_tiled_lse.default,
+         GNA_BWD: _OPS.gna_attention_tiled_backward.default}
+_BWD_TOKEN_ARGS = ("grad_out", "grad_lse", "q", "k", "v", "out", "lse")
 
 
 @dataclass(frozen=True)
@@ -60,16 +74,30 @@ class _Extras:
 EXTRAS = _Extras()
 
 
+class _Reduced:
+    """An output of an order-free reduction over the token dim (no token dim: the same in
+    both orders) that reads its reduced operands tiled."""
+
+    def __repr__(self):
+        return "REDUCED"
+
+
+REDUCED = _Reduced()
+
+
 @dataclass
 class HoistResult:
     regions: int = 0
-    calls: int = 0                  # GNA calls now running on tiled tokens
+    calls: int = 0                  # GNA calls (forwards) now running on tiled tokens
+    backward_calls: int = 0         # GNA backwards now running on tiled tokens
     permutes: int = 0               # permute/unpermute ops left in the graph
-    permutes_without: int = 0       # what per-call permutation would have cost (4 per call)
+    permutes_without: int = 0       # what per-call permutation would have cost (4 per call,
+                                    # forward or backward: q, k, v, o / grad_out, dq, dk, dv)
     skipped: list = field(default_factory=list)  # (call name, reason)
 
     def __str__(self):
-        s = (f"hoisted {self.calls} GNA call(s) in {self.regions} region(s): {self.permutes} "
+        bwd = f" and {self.backward_calls} backward(s)" if self.backward_calls else ""
+        s = (f"hoisted {self.calls} GNA call(s){bwd} in {self.regions} region(s): {self.permutes} "
              f"token permutation(s) instead of {self.permutes_without}")
         return s + "".join(f"\n  not hoisted: {n}: {r}" for n, r in self.skipped)
 
@@ -96,7 +124,11 @@ def _reshape_fwd(ins, outs, p: Place):
     for j in reversed(range(len(outs))):
         if same(acc, after):
             o = _outer(outs[j], p.length)
-            return None if o is None else Place(j, p.pre, p.suf, p.length, o)
+            if o is not None:
+                return Place(j, p.pre, p.suf, p.length, o)
+            if not same(outs[j], 1):
+                return None
+            continue  # a size-1 dim after the tokens' (``[N, 1]`` from ``[N]``): look further in
         acc = sympy.expand(acc * outs[j])
     return None
 
@@ -130,6 +162,9 @@ def _fwd(node, y, py: Place):
     r = _rule(node)
     if r is None:
         return None
+    w = slice_write(node)
+    if w is not None and y in w[:2] and w[2] == py.dim:
+        return _write_fwd(node, y, py, w)
     places = []
     for out_i, srcs in enumerate(r):
         oshape = shape_of(node, out_i if len(r) > 1 else None)
@@ -168,8 +203,68 @@ def _fwd(node, y, py: Place):
             return None
         places.append(found[0] if found else None)
     if all(p is None for p in places):
-        return None
+        return REDUCED if _reduced_operand(node, y, py) else None
     return places[0] if len(places) == 1 else tuple(places)
+
+
+def _reduced_operand(node, y, py: Place) -> bool:
+    """Whether ``node`` reduces y's token dim away in an order-free group (op_rules)."""
+    return any((y, py.dim) in g for g in order_free_reductions(node))
+
+
+def _same_order(a: Place, b: Place) -> bool:
+    """One token permutation on both (the dim may differ: a contraction pairs two dims)."""
+    return (a.pre, a.suf, a.length) == (b.pre, b.suf, b.length) and same(a.outer, b.outer)
+
+
+def _reduced_needs(node, place: dict) -> dict | None:
+    """{operand: Place} an order-free reduction reads tiled, given the region's ``place``: a
+    group with an operand tiled at its reduced dim is read tiled whole, every operand at its
+    reduced dim in that one order (one outside the region is permuted in: one permutation on
+    every dim of a group leaves the result as it is). None if an operand of such a group is
+    tiled in another order or at another dim, or if no group holds a tiled operand."""
+    need = {}
+    for g in order_free_reductions(node):
+        ref = next((place[x] for x, d in g if isinstance(place.get(x), Place) and place[x].dim == d), None)
+        if ref is None:
+            continue
+        for x, d in g:
+            q = _place_at(d, shape_of(x)[d], ref)
+            if q is None or not same(q.outer, ref.outer) or need.get(x, q) != q:
+                return None
+            if place.get(x) not in (None, q):
+                return None
+            need[x] = q
+    return need or None
+
+
+def _write_fwd(node, y, py: Place, w):
+    """``slice_scatter(base, src, d, start, stop)`` with y's tokens along d: src holding the
+    whole grid gives the output that grid, its extras widened by the positions outside the
+    slice; base whose grid lies outside the slice keeps its place. Else None."""
+    base, src, d, start, stop = w
+    start, stop, n = _int(start), _int(stop), _int(shape_of(node)[d])
+    if None in (start, stop, n) or not same(py.outer, 1):
+        return None
+    if y is src:
+        return Place(d, start + py.pre, n - stop + py.suf, n, 1)
+    return py if stop <= py.pre or start >= n - py.suf else None
+
+
+def _write_inv(node, p: Place, w) -> dict | None:
+    """Inverse of :func:`_write_fwd`: the grid inside the slice: src carries it shifted and
+    base is read natural; the grid outside the slice: base carries it and src (extras only)
+    is read natural. Either way what the natural operand gives the output lies outside the
+    grid, where both orders agree. None when the slice cuts the grid."""
+    base, src, d, start, stop = w
+    start, stop, n = _int(start), _int(stop), _int(shape_of(node)[d])
+    if None in (start, stop, n) or not same(p.outer, 1):
+        return None
+    if p.pre >= start and p.suf >= n - stop:
+        return {src: Place(d, p.pre - start, p.suf - (n - stop), stop - start, 1)}
+    if stop <= p.pre or start >= n - p.suf:
+        return {base: p}
+    return None
 
 
 def _inv(node, place):
@@ -178,6 +273,9 @@ def _inv(node, place):
     r = _rule(node)
     if r is None:
         return None
+    w = slice_write(node)
+    if w is not None and isinstance(place, Place) and place.dim == w[2]:
+        return _write_inv(node, place, w)
     places = place if isinstance(place, tuple) else (place,)
     if len(places) != len(r):
         return None
@@ -238,6 +336,29 @@ def _inv(node, place):
 
 # -- region growth ---------------------------------------------------------------------------
 
+def _token_place(node) -> Place:
+    """Where a GNA call holds its tokens: dim 2 of every ``[B, H, N, D]`` tensor and LSE."""
+    a = args_of(node)
+    n = a["extra_prefix"] + math.prod(a["shape"]) + a["extra_suffix"]
+    return Place(2, int(a["extra_prefix"]), int(a["extra_suffix"]), n, 1)
+
+
+def _seed_place(node):
+    """A GNA call's output place(s): out; (out, lse); (dq, dk, dv)."""
+    p = _token_place(node)
+    v = val(node)
+    return tuple(p for _ in v) if isinstance(v, (tuple, list)) else p
+
+
+def _per_call(node) -> int:
+    """Elements a call permutes on its own: q, k, v in and out back; a backward: grad_out in
+    and dq, dk, dv back (it reuses the forward's tiled q, k, v, out, LSE)."""
+    a = args_of(node)
+    if node.target is GNA_BWD:
+        return _numel(a["grad_out"]) + sum(_numel(a[x]) for x in ("q", "k", "v"))
+    return sum(_numel(a[x]) for x in ("q", "k", "v")) + _numel(a["q"])
+
+
 class _Region:
     def __init__(self, gm: GraphModule, seeds: list[Node], tiles, tiled_other):
         self.gm, self.seeds, self.tiles = gm, set(seeds), tiles
@@ -246,15 +367,19 @@ class _Region:
         self.pos = {n: i for i, n in enumerate(self.order)}
         self.other = tiled_other  # GNA calls of other regions: their inputs stay natural
         for s in seeds:
-            a = args_of(s)
-            n = a["extra_prefix"] + math.prod(a["shape"]) + a["extra_suffix"]
-            self.place[s] = Place(2, int(a["extra_prefix"]), int(a["extra_suffix"]), n, 1)
+            self.place[s] = _seed_place(s)
 
     def requires(self, node, place) -> dict | None:
         """{input: Place} that ``node`` at ``place`` reads in tiled order (others: natural)."""
         if node in self.seeds:
             a = args_of(node)
-            return {a[x]: place for x in ("q", "k", "v")}
+            p = _token_place(node)
+            names = _BWD_TOKEN_ARGS if node.target is GNA_BWD else ("q", "k", "v")
+            return {a[x]: p for x in names if isinstance(a[x], Node)}
+        if place is REDUCED:
+            return _reduced_needs(node, self.place)
+        if uniform(node):
+            return {}  # one value everywhere: the same tensor in either order
         if op_key(node) == GETITEM:  # follows its multi-output base
             base = node.args[0]
             return {base: self.place[base]} if base in self.place else {}
@@ -320,8 +445,9 @@ class _Region:
         return True
 
     def _demand(self, node):
-        """(the one place the region's users of ``node`` read it in, the users outside the
-        region that would only slice extra tokens from it), or (None, None)."""
+        """(the one place the region's users of ``node`` read it in, {user outside the region:
+        EXTRAS or REDUCED} for those that would then only slice extra tokens from it or reduce
+        its tokens away), or (None, None)."""
         demands, outside = set(), []
         for u in node.users:
             if op_key(u) == GETITEM:
@@ -336,17 +462,24 @@ class _Region:
         if len(demands) != 1:
             return None, None
         place = next(iter(demands))
+        joins = {}
         for u in outside:  # e.g. o[:, :, n_video:]: the text tokens, in place in both orders
-            if not isinstance(place, Place) or _fwd(u, node, place) is not EXTRAS:
+            got = _fwd(u, node, place) if isinstance(place, Place) else None
+            if got is REDUCED:  # e.g. a bias gradient's sum over the tokens
+                need = _reduced_needs(u, ChainMap({node: place}, self.place))
+                if need is None or need.get(node) != place:
+                    return None, None
+            elif got is not EXTRAS:
                 return None, None
-        return place, outside
+            joins[u] = got
+        return place, joins
 
     def backward(self, node) -> dict | None:
         """Pull a producer into the region when every user reads it tiled at one place
         (a multi-output op together with its getitems); returns the new places."""
         if node.op != "call_function" or node in self.other or op_key(node) in (None, GETITEM):
             return None
-        if node.target in (GNA_OP, TILED_OP) or node.target is SITE_OP or not node.users:
+        if node.target in TILED or node.target in TILED.values() or node.target is SITE_OP or not node.users:
             return None
         new = {}
         if isinstance(val(node), (tuple, list)):  # multi-output: its getitems say per output
@@ -359,15 +492,15 @@ class _Region:
                     return None
                 outs[g.args[1]] = p
                 new[g] = p
-                new.update({u: EXTRAS for u in extras})
+                new.update(extras)
             place = tuple(outs)
         else:
             place, extras = self._demand(node)
             if not isinstance(place, Place):
                 return None
-            new.update({u: EXTRAS for u in extras})
+            new.update(extras)
         need = self.requires(node, place)
-        if not need:
+        if need is None or not (need or uniform(node)):
             return None
         for y, p in need.items():
             if y in self.place and self.place[y] != p:
@@ -392,6 +525,14 @@ class _Region:
                         self.place.update(got)
                         changed = True
         self._shrink()
+        self._settle_reductions()
+
+    def _settle_reductions(self):
+        """After the cut: a reduction some of whose operands went back to natural order reads
+        them all natural (it must never mix the two orders); its output is the same."""
+        for n in [n for n, p in self.place.items() if p is REDUCED]:
+            if _reduced_needs(n, self.place) is None:
+                del self.place[n]
 
     def _shrink(self):
         """Choose where tokens enter the region: a minimum vertex cut between the tensors
@@ -539,7 +680,7 @@ def _hoist(gm, records, fake_mode) -> HoistResult:
     groups: dict = {}
     names = {r.site: r for r in records}
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target is GNA_OP:
+        if node.op == "call_function" and node.target in TILED:
             key, why = _group_key(node)
             label = (node.meta.get("gna") or {}).get("module", node.name)
             if key is None:
@@ -553,7 +694,7 @@ def _hoist(gm, records, fake_mode) -> HoistResult:
         entries, exits, err = region.edges()
         if err is None:
             moved = sum(_numel(y) for y, _ in entries) + sum(_numel(y) for y in exits)
-            per_call = sum(_numel(x) for s in seeds for x in (*s.args[:3], s))
+            per_call = sum(_per_call(s) for s in seeds)
             if moved >= per_call:
                 err = f"no gain: {moved} elements permuted at the boundaries vs {per_call} per call"
         if err is not None:
@@ -577,12 +718,13 @@ def _hoist(gm, records, fake_mode) -> HoistResult:
             made += 1
         _RULES.clear()  # the edges changed: later regions read the rules afresh
         for s in seeds:
-            s.target = TILED_OP
+            s.target = TILED[s.target]
             rec = names.get((s.meta.get("gna") or {}).get("site"))
             if rec is not None:
                 rec.hoisted = True
         res.regions += 1
-        res.calls += len(seeds)
+        res.calls += sum(s.target is not TILED[GNA_BWD] for s in seeds)
+        res.backward_calls += sum(s.target is TILED[GNA_BWD] for s in seeds)
         res.permutes += made
         res.permutes_without += 4 * len(seeds)
     for r in records:

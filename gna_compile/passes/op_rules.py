@@ -16,6 +16,11 @@ tiled order through this op"). For every output dim a rule gives one :class:`Src
 
 An op missing from the table has no rule: every output dim is fresh for the layout, and the
 op is a region boundary for hoisting. Rules only state what the op's definition guarantees.
+
+A second, separate table (:func:`order_free_reductions`) names the operand dims an op reduces
+as one index, symmetrically: the weight gradients of a backward (``mm(x.t(), grad)``, a bias
+gradient's ``sum`` over tokens). Permuting every dim of such a group by one permutation leaves
+the outputs unchanged; hoisting may then feed the group tiled tokens, all in one layout.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch.fx import Node
 from .ops import GETITEM, args_of, op_key
 from .symbolic import nonneg, same, shape_of, to_expr, val
 
-__all__ = ["Src", "rule", "norm_dim", "slice_bound"]
+__all__ = ["Src", "rule", "order_free_reductions", "slice_write", "uniform", "norm_dim", "slice_bound"]
 
 
 @dataclass(frozen=True)
@@ -428,3 +433,81 @@ def rule(node: Node):
         return fn(node, a, outs)
     except (KeyError, TypeError, ValueError, IndexError):
         return None  # arguments this rule does not understand: no rule
+
+
+# -- reductions that ignore the order of the reduced index ------------------------------------
+
+# Symmetric functions of the values along the reduced dims (argmax/argmin, max/min with their
+# indices, cumulative ops are not: their results name positions).
+_SYMMETRIC = ("aten.sum", "aten.mean", "aten.amax", "aten.amin", "aten.prod", "aten.any", "aten.all",
+              "aten.var", "aten.std", "aten.var_mean", "aten.std_mean", "aten.logsumexp",
+              "aten.linalg_vector_norm")
+
+
+def _reduced_dims(node, a):
+    x = a["self"] if "self" in a else a["input"]
+    return [((x, d),) for d in _dims_list(a.get("dim"), len(shape_of(x)))]
+
+
+def _contracted(x_key, x_dim, y_key, y_dim):
+    def groups(node, a):
+        return [((a[x_key], x_dim), (a[y_key], y_dim))]
+    return groups
+
+
+_ORDER_FREE = {**{k: _reduced_dims for k in _SYMMETRIC},
+               "aten.mm": _contracted("self", 1, "mat2", 0),     # sum_k a[i, k] b[k, j]
+               "aten.bmm": _contracted("self", 2, "mat2", 1)}
+
+
+def order_free_reductions(node: Node) -> list[tuple]:
+    """The groups ``((input, dim), ...)`` of operand dims that ``node`` reduces as one index
+    and symmetrically: permuting all dims of a group by one permutation (applied alike to
+    each) leaves every output unchanged. Empty for every other op and for arguments this
+    table does not understand. A group says nothing about operands or dims not listed in it."""
+    fn = _ORDER_FREE.get(op_key(node))
+    if fn is None:
+        return []
+    try:
+        a = args_of(node)
+        groups = fn(node, a)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return []
+    if not all(isinstance(x, Node) and isinstance(shape_of(x), tuple) for g in groups for x, _ in g):
+        return []
+    return groups
+
+
+def slice_write(node: Node):
+    """``(base, src, dim, start, stop)`` of a ``slice_scatter`` with step 1 and bounds proven
+    to span exactly src's size along ``dim`` (the output is src on ``[start, stop)`` of
+    ``dim`` and base everywhere else); None for every other node. ``dim`` is normalized."""
+    if op_key(node) != "aten.slice_scatter":
+        return None
+    try:
+        a = args_of(node)
+        base, src = a["self"], a["src"]
+        rank = len(shape_of(base))
+        d = norm_dim(int(a.get("dim", 0)), rank)
+        if int(a.get("step", 1)) != 1 or len(shape_of(src)) != rank:
+            return None
+        n = shape_of(base)[d]
+        start = slice_bound(a.get("start"), n, sympy.Integer(0))
+        stop = slice_bound(a.get("end"), n, n)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    if start is None or stop is None or not same(stop - start, shape_of(src)[d]):
+        return None
+    return base, src, d, start, stop
+
+
+_FILLS = ("aten.full", "aten.zeros", "aten.ones", "aten.new_full", "aten.new_zeros", "aten.new_ones")
+
+
+def uniform(node: Node) -> bool:
+    """Whether every element of the node's output holds one value (a fill of a given shape:
+    not ``empty``, whose elements are undefined, nor a ``*_like`` of another tensor)."""
+    if op_key(node) not in _FILLS or not isinstance(val(node), torch.Tensor):
+        return False
+    fill = args_of(node).get("fill_value", 0)
+    return not isinstance(fill, Node)

@@ -172,13 +172,14 @@ def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None
 
 
 def fill_tiles(graph: Graph) -> None:
-    """GNA calls written into the model without tiles get the tiling the op would choose at
-    run time (``tile_choice.choose_tiles``), now, so hoisting and the op run the same one."""
+    """GNA calls (and their backwards) written into the model without tiles get the tiling
+    the op would choose at run time (``tile_choice.choose_tiles``), now, so hoisting and the op
+    run the same one."""
     from ..config import make_spec
     from ..kernels.tile_choice import choose_tiles
     from .ops import args_of
     for node in graph.nodes:
-        if node.op != "call_function" or node.target not in (GNA_OP, GNA_LSE_OP):
+        if node.op != "call_function" or node.target not in (GNA_OP, GNA_LSE_OP, GNA_BWD):
             continue
         a = args_of(node)
         static = [a["shape"], a["window"], a["stride"], a["dilation"]]
@@ -191,9 +192,8 @@ def fill_tiles(graph: Graph) -> None:
             q_tile, kv_tile = choose_tiles(spec, a["extra_prefix"], a["extra_suffix"])
         except ValueError:
             continue
-        args = list(node.args)
-        args[13], args[14] = list(q_tile), list(kv_tile)
-        node.args = tuple(args)
+        a.update(q_tile=list(q_tile), kv_tile=list(kv_tile))
+        node.args, node.kwargs = tuple(a[x.name] for x in node.target._schema.arguments), {}
         meta = node.meta.setdefault("gna", {})
         meta.setdefault("module", node.name)
         meta.update(q_tile=tuple(q_tile), kv_tile=tuple(kv_tile))

@@ -35,7 +35,7 @@ from gna_compile.mask import dense_mask
 
 tile_choice._REAL_KERNEL_TILES = tile_choice.kernel_tiles
 
-__all__ = ["Truth", "DENSE", "Case", "check", "oracle_sdpa"]
+__all__ = ["Truth", "DENSE", "Case", "check", "check_training", "oracle_sdpa"]
 
 _SDPA = torch._C._nn.scaled_dot_product_attention
 
@@ -171,3 +171,31 @@ def _check(case: Case, hoist: bool, seed: int = 0):
             torch.testing.assert_close(g, w, atol=case.atol, rtol=case.atol,
                                        msg=lambda m: f"{case.name} (hoist={hoist}): {m}\n  {report}")
     return be, events
+
+
+def check_training(case: Case, seed: int = 0):
+    """One training step, hoisting on against hoisting off (the layouts are :func:`check`'s
+    job): outputs, parameter and input gradients equal, under tiles that reorder tokens."""
+    with scrambled_tiles():
+        _, plain = _train(case, False, seed)
+        be, hoisted = _train(case, True, seed)
+    assert len(hoisted) == len(plain)
+    for g, w in zip(hoisted, plain):
+        if w is not None:
+            torch.testing.assert_close(g, w, atol=case.atol, rtol=case.atol, msg=lambda m: f"{case.name}: {m}")
+    return be
+
+
+def _train(case: Case, hoist: bool, seed: int):
+    torch._dynamo.reset()
+    torch.manual_seed(seed)
+    model = case.model()
+    be = gna_compile.backend(case.policy or Policy(default=GNA(2)), inner="eager", hoist_permutations=hoist)
+    gen = torch.Generator().manual_seed(seed)
+    x = [t.requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+         for t in case.inputs(gen)]
+    out = [o for o in tree_leaves(torch.compile(model, backend=be, **case.compile)(*x))
+           if isinstance(o, torch.Tensor) and o.requires_grad]
+    sum((o * torch.randn(o.shape, generator=gen)).sum() for o in out).backward()
+    return be, ([o.detach() for o in out] + [p.grad for _, p in sorted(model.named_parameters())]
+                + [t.grad for t in x if isinstance(t, torch.Tensor)])

@@ -14,8 +14,8 @@ Tile shapes come from kernels/tile_choice.py; the window rule from gna_compile.m
 """
 
 from .constants import TRITON_HEAD_DIMS
-from .backward import gna_backward, gna_backward_permuted, why_not_backward
+from .backward import gna_backward, gna_backward_permuted, why_not_backward, why_not_backward_permuted
 from .forward import gna_attention_permuted, gna_forward
 
 __all__ = ["gna_forward", "gna_attention_permuted", "gna_backward", "gna_backward_permuted",
-           "why_not_backward", "TRITON_HEAD_DIMS"]
+           "why_not_backward", "why_not_backward_permuted", "TRITON_HEAD_DIMS"]

@@ -14,7 +14,7 @@ from ..permute import permute_tokens, unpermute_tokens
 from . import triton_bwd_launch
 from .configs import BWD_DEFAULT, BWD_INTERPRET_CONFIG, TritonBwdConfig
 
-__all__ = ["gna_backward", "gna_backward_permuted", "why_not_backward"]
+__all__ = ["gna_backward", "gna_backward_permuted", "why_not_backward", "why_not_backward_permuted"]
 
 
 def _tiled(x, spec, q_tile, P, S):
@@ -51,10 +51,10 @@ def gna_backward(q, k, v, out, lse, dout, spec, q_tile, kv_tile, extra_prefix=0,
 
 
 def gna_backward_permuted(qp, kp, vp, outp, lsep, doutp, spec, q_tile, kv_tile, extra_prefix=0,
-                          extra_suffix=0, scale=None, key_mask=None, config=None):
-    """Backward of forward.gna_attention_permuted: tensors in tiled order, ``key_mask`` a
-    :class:`~gna_compile.kernels.dispatch.KeyMask` in natural order (or None). Returns
-    ``(dq, dk, dv)`` in tiled order; padding rows hold zeros."""
+                          extra_suffix=0, scale=None, key_mask=None, config=None, grad_lse=None):
+    """Backward of forward.gna_attention_permuted: tensors (``grad_lse`` too) in tiled order,
+    ``key_mask`` a :class:`~gna_compile.kernels.dispatch.KeyMask` in natural order (or None).
+    Returns ``(dq, dk, dv)`` in tiled order; padding rows hold zeros."""
     km = None
     grid_mask = False
     if key_mask is not None:
@@ -62,7 +62,19 @@ def gna_backward_permuted(qp, kp, vp, outp, lsep, doutp, spec, q_tile, kv_tile, 
         km = _tiled(m, spec, q_tile, extra_prefix, extra_suffix)[..., 0].to(torch.int8).contiguous()
         grid_mask = bool(key_mask.spatial)
     return gna_backward(qp, kp, vp, outp, lsep, doutp, spec, q_tile, kv_tile, extra_prefix, extra_suffix,
-                        scale, km, grid_mask, natural=False, config=config)
+                        scale, km, grid_mask, natural=False, config=config, grad_lse=grad_lse)
+
+
+def why_not_backward_permuted(qp, kp, vp, spec, extra_prefix, extra_suffix, scale, key_mask, tiles) -> str | None:
+    """Why gna_backward_permuted cannot take this call, or None: ``qp``/``kp``/``vp`` in tiled
+    order, ``key_mask`` a KeyMask (or [B, N] tensor) in natural order, ``tiles`` = (q_tile, kv_tile)."""
+    if tiles is None:
+        return "no tile shapes given"
+    mask = getattr(key_mask, "mask", key_mask)
+    n_nat = extra_prefix + spec.num_tokens + extra_suffix
+    if mask is not None and tuple(mask.shape) != (qp.shape[0], n_nat):
+        return f"key_mask must be [B, N] = [{qp.shape[0]}, {n_nat}], got {tuple(mask.shape)}"
+    return triton_bwd_launch.why_not(qp, kp, vp, spec, *tiles, extra_prefix, extra_suffix, scale, None)
 
 
 def why_not_backward(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles) -> str | None:
