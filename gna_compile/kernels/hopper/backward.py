@@ -12,7 +12,8 @@ import torch
 from ... import settings
 from ..permute import permute_tokens, unpermute_tokens
 from . import triton_bwd_launch
-from .configs import BWD_DEFAULT, BWD_INTERPRET_CONFIG, TritonBwdConfig
+from . import autotune
+from .configs import BWD_CANDIDATES, BWD_INTERPRET_CONFIG, TritonBwdConfig
 
 __all__ = ["gna_backward", "gna_backward_permuted", "why_not_backward", "why_not_backward_permuted"]
 
@@ -31,22 +32,28 @@ def gna_backward(q, k, v, out, lse, dout, spec, q_tile, kv_tile, extra_prefix=0,
     else tiled order with padding. ``key_mask``: int8/bool ``[B, N]`` in the tensors' layout,
     applied to extra keys, and to grid keys when ``key_mask_grid``. ``grad_lse``: the LSE's
     gradient ``[B, H, N]`` (or None), in the same layout."""
-    if config is None:
-        config = BWD_INTERPRET_CONFIG if settings.interpret() else BWD_DEFAULT
-    if not isinstance(config, TritonBwdConfig):
+    if config is None and settings.interpret():
+        config = BWD_INTERPRET_CONFIG
+    if config is not None and not isinstance(config, TritonBwdConfig):
         raise TypeError(f"config must be a TritonBwdConfig, got {config!r}")
     P, S = extra_prefix, extra_suffix
     if not natural:
-        return triton_bwd_launch.launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale,
-                                        key_mask, key_mask_grid, config, grad_lse)
+        def launch(cfg):
+            return triton_bwd_launch.launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale,
+                                            key_mask, key_mask_grid, cfg, grad_lse)
+        if config is None:  # every candidate computes the same grads; time them once per problem
+            problem = ("bwd", tuple(spec.dims()), tuple(q_tile), tuple(kv_tile), P, S, tuple(q.shape),
+                       k.shape[1], q.dtype, key_mask is not None, bool(key_mask_grid))
+            config = autotune.choose(problem, q.device, launch, BWD_CANDIDATES)
+        return launch(config)
     t = [_tiled(x, spec, q_tile, P, S) for x in (q, k, v, out, dout)]
     lse_t = _tiled(lse[..., None], spec, q_tile, P, S)[..., 0]
     glse_t = None if grad_lse is None else _tiled(grad_lse.float()[..., None], spec, q_tile, P, S)[..., 0]
     km = None
     if key_mask is not None:  # padding keys come out 0 (masked)
         km = _tiled(key_mask.to(torch.float32)[:, :, None], spec, q_tile, P, S)[..., 0].to(torch.int8)
-    grads = triton_bwd_launch.launch(*t[:4], lse_t, t[4], spec, q_tile, kv_tile, P, S, scale, km,
-                                     key_mask_grid, config, glse_t)
+    grads = gna_backward(*t[:4], lse_t, t[4], spec, q_tile, kv_tile, P, S, scale, km, key_mask_grid,
+                         natural=False, config=config, grad_lse=glse_t)
     return tuple(unpermute_tokens(g, spec.shape, q_tile, P, S) for g in grads)
 
 

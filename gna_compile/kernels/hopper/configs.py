@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ... import settings
 
 __all__ = ["TritonConfig", "GluonConfig", "triton_candidates", "GLUON_CANDIDATES", "GLUON_FORCED",
-           "INTERPRET_CONFIG", "parse_configs", "TritonBwdConfig", "BWD_DEFAULT",
+           "INTERPRET_CONFIG", "parse_configs", "TritonBwdConfig", "BWD_DEFAULT", "BWD_CANDIDATES",
            "BWD_INTERPRET_CONFIG"]
 
 
@@ -131,5 +131,10 @@ class TritonBwdConfig:
         return min(self.block_m, BM), min(self.block_n, BN)
 
 
-BWD_DEFAULT = TritonBwdConfig()
+BWD_DEFAULT = TritonBwdConfig(8, 2, 32, 64)
+# Autotuned per problem, BWD_DEFAULT first (the pick with GNA_TRITON_AUTOTUNE=0). H200 probe
+# (run 13, bf16 D=128): 32/64 and 3-stage 32/32 lead on the block-sparse cases (55-57 ms on
+# FLUX s=16^2), 64/64 and 4 warps on s=1 (79 ms); 16-row steps and 64-row dK/dV steps trail.
+BWD_CANDIDATES = (BWD_DEFAULT, TritonBwdConfig(8, 3, 32, 32), TritonBwdConfig(8, 2, 64, 64),
+                  TritonBwdConfig(4, 2, 32, 32))
 BWD_INTERPRET_CONFIG = TritonBwdConfig(4, 1, 16, 16)  # TRITON_INTERPRET=1: the launch config does not matter
