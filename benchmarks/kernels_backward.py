@@ -205,9 +205,19 @@ def probe_configs(name, cfg, configs, log) -> dict:
     q, k, v, g = (torch.randn(1, K.H, N, K.D, device="cuda", dtype=K.DTYPE) for _ in range(4))
     out, lse = gna_attention_permuted(q, k, v, spec, qt, kt, P, 0)
     bwd_flops = flops(spec, P)["bwd"]
+    from gna_compile.kernels.permute import unpermute_tokens
+    hs = slice(0, 2)
+    nat = [unpermute_tokens(t[:, hs], shape, qt, P, 0) for t in (q, k, v, g)]
+    ref = reference_grads(*nat, spec, P, K.D ** -0.5)
+    small = [t[:, hs].contiguous() for t in (q, k, v, out, lse, g)]
     res = {}
     for c in configs:
         try:
+            grads = gna_backward_permuted(*small[:5], small[5], spec, qt, kt, P, 0, config=c)
+            errs = [K.rel_err(unpermute_tokens(gr, shape, qt, P, 0), r) for gr, r in zip(grads, ref)]
+            if not max(errs) < GRAD_TOL:
+                log(f"# {name} bwd {c}: WRONG (rel. L2 dq/dk/dv {', '.join(f'{e:.2e}' for e in errs)}); not timed")
+                continue
             ms = do_bench(lambda: gna_backward_permuted(q, k, v, out, lse, g, spec, qt, kt, P, 0, config=c))
         except Exception as e:  # a config that does not compile (registers, shared memory)
             log(f"# {name} {c}: {type(e).__name__}: {str(e)[:200]}")
