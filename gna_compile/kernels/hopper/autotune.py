@@ -27,7 +27,8 @@ def choose(problem: tuple, device, launch, candidates):
     key = cache_key(problem, device)
     config = CACHE.get(key)
     if config is None:
-        config = _fastest(launch, candidates) if settings.autotune() else candidates[0]
+        tune = settings.autotune() and len(candidates) > 1
+        config = _fastest(launch, candidates) if tune else candidates[0]
         CACHE[key] = config
     return config
 
