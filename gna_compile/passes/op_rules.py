@@ -141,10 +141,17 @@ def _expand(node, a, outs):
     return [srcs]
 
 
+def _reduced_dim_list(node, a, rank, dim_key="dim"):
+    d = a.get(dim_key)
+    if op_key(node) in ("aten.any", "aten.all") and isinstance(d, (list, tuple)) and len(d) == 0:
+        return []  # any/all over no dims: elementwise, nothing reduced
+    return _dims_list(d, rank)
+
+
 def _reduce(node, a, outs, dim_key="dim", keep_key="keepdim"):
     x = a["self"] if "self" in a else a["input"]
     rank = len(shape_of(x))
-    dims = _dims_list(a.get(dim_key), rank)
+    dims = _reduced_dim_list(node, a, rank, dim_key)
     keep = bool(a.get(keep_key, False))
     srcs = []
     for d in range(rank):
@@ -424,13 +431,17 @@ def rule(node: Node):
     try:
         a = args_of(node)
         if key in _REDUCTIONS:
-            return _reduce(node, a, outs, **_REDUCTIONS[key])
-        fn = _TABLE.get(key)
-        if fn is None:
-            if torch.Tag.pointwise in node.target.tags and len(outs) == 1:
-                return _pointwise(node, a, outs)
-            return None
-        return fn(node, a, outs)
+            r = _reduce(node, a, outs, **_REDUCTIONS[key])
+        else:
+            fn = _TABLE.get(key)
+            if fn is None:
+                if not (torch.Tag.pointwise in node.target.tags and len(outs) == 1):
+                    return None
+                fn = _pointwise
+            r = fn(node, a, outs)
+        if r is None or len(r) != len(outs) or any(len(s) != len(o) for s, o in zip(r, outs)):
+            return None  # the rule misreads the op: say nothing
+        return r
     except (KeyError, TypeError, ValueError, IndexError):
         return None  # arguments this rule does not understand: no rule
 
@@ -446,7 +457,7 @@ _SYMMETRIC = ("aten.sum", "aten.mean", "aten.amax", "aten.amin", "aten.prod", "a
 
 def _reduced_dims(node, a):
     x = a["self"] if "self" in a else a["input"]
-    return [((x, d),) for d in _dims_list(a.get("dim"), len(shape_of(x)))]
+    return [((x, d),) for d in _reduced_dim_list(node, a, len(shape_of(x)))]
 
 
 def _contracted(x_key, x_dim, y_key, y_dim):
