@@ -161,3 +161,33 @@ def test_direct_lse_calls_train_hoisted_with_the_lse_gradient():
     bwd = [n for g in be.graphs for n in g.graph.nodes
            if getattr(n.target, "_opname", "") == "gna_attention_tiled_backward"]
     assert len(bwd) == 2 and all(isinstance(n.args[1], torch.fx.Node) for n in bwd)  # grad_lse, tiled
+
+
+def test_a_training_graph_traced_in_dense_mode_keeps_no_dense_backward():
+    """The first (compiling) step inside dense_attention() trains densely; later steps outside
+    it get the sparse gradients: the dense flag is not baked into the compiled backward."""
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            q = self.proj(x).view(1, 32, 2, 8).transpose(1, 2)
+            return gna_compile.gna_attention(q, q, q, (4, 8), (3, 3)).transpose(1, 2).reshape(1, 32, 16)
+    torch.manual_seed(0)
+    m = Attn()
+    torch._dynamo.reset()
+    cm = torch.compile(m, backend=gna_compile.backend(inner="eager"))
+    for dense in (True, False, True):
+        x = torch.randn(1, 32, 16)
+        m.zero_grad()
+        with gna_compile.dense_attention(dense):
+            cm(x).square().sum().backward()
+        got = m.proj.weight.grad.clone()
+        m.zero_grad()
+        with gna_compile.dense_attention(dense):
+            m(x).square().sum().backward()
+        torch.testing.assert_close(got, m.proj.weight.grad, rtol=1e-4, atol=1e-5, msg=f"dense={dense}")
+    m.zero_grad()
+    m(x).square().sum().backward()  # the close variant: sparse and dense gradients differ
+    assert (m.proj.weight.grad - got).abs().max() > 1e-3

@@ -133,11 +133,19 @@ def _(grad_out, grad_lse, q, k, v, *args):
     return tuple(t.new_empty(t.shape) for t in (q, k, v))
 
 
+def _tracing(t) -> bool:
+    from torch._guards import detect_fake_mode
+    return torch.compiler.is_compiling() or detect_fake_mode((t,)) is not None
+
+
 def _save(ctx, inputs, out, lse):
     q, k, v, *params = inputs
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.params = params
-    ctx.dense = dense_mode()
+    # Eager: the mode the forward ran in. Traced: a value read now would be baked into the
+    # compiled backward for every later call, so the backward reads dense_mode() when it runs
+    # (as the rewritten sites' backwards do): forward and backward must then run in one mode.
+    ctx.dense = dense_mode() and not _tracing(q)
 
 
 def _grads(ctx, grad_out, grad_lse):
