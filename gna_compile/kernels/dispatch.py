@@ -91,6 +91,18 @@ def forced_backend(backend: str) -> str:
     return (settings.forced_backend() or backend) if backend == "auto" else backend
 
 
+def _auto_pick(args):
+    """``(name, reasons)``: the first fast backend in auto order that takes the call (None if
+    none does) and why each one before it refused."""
+    reasons = []
+    for name in _AUTO_ORDER:
+        why = _BACKENDS[name].why_not(*args)
+        if why is None:
+            return name, reasons
+        reasons.append(f"{name}: {why}")
+    return None, reasons
+
+
 def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend: str = "auto",
             tiles=None):
     """Run GNA attention with the named backend (or the best supported one for "auto")."""
@@ -98,12 +110,9 @@ def run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, backend:
     backend = forced_backend(backend)
     args = (q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles)
     if backend == "auto":
-        reasons = []
-        for name in _AUTO_ORDER:
-            why = _BACKENDS[name].why_not(*args)
-            if why is None:
-                return _BACKENDS[name].run(*args)
-            reasons.append(f"{name}: {why}")
+        name, reasons = _auto_pick(args)
+        if name is not None:
+            return _BACKENDS[name].run(*args)
         if q.is_cuda:
             _log_once("gna_compile: using the slow reference backend on CUDA because "
                       + ("; ".join(reasons) if reasons else "no fast backend is installed (pip install triton)"))
@@ -134,10 +143,7 @@ def _forward_backend(backend: str, args) -> str:
     """The backend run_gna runs for these arguments (it raises there if a forced one cannot)."""
     if backend != "auto":
         return backend
-    for name in _AUTO_ORDER:
-        if _BACKENDS[name].why_not(*args) is None:
-            return name
-    return "reference"
+    return _auto_pick(args)[0] or "reference"
 
 
 def reference_backward(grad_out, grad_lse, q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask):

@@ -171,17 +171,12 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
                  extra_suffix: int, scale: float, key_mask: Optional[Tensor],
                  key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int], backend: str) -> Tensor:
     """GNA on q/k/v in the tiled order of ``q_tile``; ``key_mask`` stays in natural order."""
-    from .op import key_mask_2d
-    spec = make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    args = (tuple(shape), tuple(q_tile), extra_prefix, extra_suffix)
-    n_nat = extra_prefix + spec.num_tokens + extra_suffix
-    if key_mask is not None:
-        key_mask = key_mask_2d(key_mask, q.shape[0], n_nat)
-    km = None if key_mask is None else KeyMask(key_mask, key_mask_spatial)
+    spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
+                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0])
     if q.numel() == 0:
         return q.new_empty(*q.shape[:-1], v.shape[-1])
     if q.is_cuda and forced_backend(backend) in ("auto", "triton") and not dense_mode():
-        got = _fast_tiled(q, k, v, spec, (tuple(q_tile), tuple(kv_tile)), extra_prefix, extra_suffix, scale, km)
+        got = _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km)
         if got is not None:  # None: the kernel does not support this call
             return got[0].contiguous()
     # Fallback: back to natural order, reference (or dense SDPA in hybrid mode), tiled again.
@@ -189,7 +184,8 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
     if dense_mode():
         out = dense_sdpa(qn, kn, vn, scale, None if km is None else KeyMask(km.mask, True))
     else:
-        out, _ = reference_attention(qn, kn, vn, spec, extra_prefix, extra_suffix, scale, key_mask)
+        out, _ = reference_attention(qn, kn, vn, spec, extra_prefix, extra_suffix, scale,
+                                     None if km is None else km.mask)
     return permute_tokens(out, *args).contiguous()
 
 
