@@ -144,3 +144,20 @@ def test_reference_backend_never_runs_the_kernel(kernel_calls):
     out = gna_compile.gna_attention(*ts, shape, w, s, backend="reference", tiles=tiles)
     out.sum().backward()
     assert kernel_calls == [] and all(t.grad is not None for t in ts)
+
+
+def test_traced_out_op_with_gradients_is_refused_with_the_reason():
+    """The out op cannot record its forward's dense mode for a compiled backward; traced with
+    gradients it refuses, naming the op to call instead (the same graph through
+    gna_attention(), which picks the LSE op, compiles and trains)."""
+    q = torch.randn(1, 2, 16, 8, requires_grad=True)
+    raw = lambda q: torch.ops.gna_compile.gna_attention(  # noqa: E731
+        q, q, q, [16], [5], [1], [1], [False], 0, 0, 8 ** -0.5, None, True, [], [], "reference")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="cannot record the dense mode"):
+        torch.compile(raw, backend="aot_eager", fullgraph=True)(q)
+    torch._dynamo.reset()
+    ok = torch.compile(lambda q: gna_compile.gna_attention(q, q, q, (16,), (5,), backend="reference"),
+                       backend="aot_eager", fullgraph=True)(q)
+    ok.sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0

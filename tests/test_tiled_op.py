@@ -8,6 +8,7 @@ import gna_compile as gc
 from gna_compile.kernels.tiled_op import tiled_length
 
 OPS = torch.ops.gna_compile
+SPARSE, DENSE = torch.tensor(False), torch.tensor(True)  # the mode a forward recorded
 
 
 def test_tiled_attention_equals_natural_order_op():
@@ -53,13 +54,13 @@ def test_tiled_lse_and_backward_equal_the_natural_ops():
     tail = (km, True, list(tile), list(tile), "auto")
     perm = lambda t: OPS.permute_tokens(t, *args)  # noqa: E731
     perm_rows = lambda t: OPS.permute_tokens(t[..., None], *args)[..., 0]  # noqa: E731
-    out, lse = OPS.gna_attention_lse(q, k, v, *head, *tail)
-    out_p, lse_p = OPS.gna_attention_tiled_lse(perm(q), perm(k), perm(v), *head, *tail)
+    out, lse, _ = OPS.gna_attention_lse(q, k, v, *head, *tail)
+    out_p, lse_p, _ = OPS.gna_attention_tiled_lse(perm(q), perm(k), perm(v), *head, *tail)
     torch.testing.assert_close(out_p, perm(out))
     torch.testing.assert_close(lse_p, perm_rows(lse))
-    want = OPS.gna_attention_backward(go, gl, q, k, v, out, lse, *head, *tail, False)
+    want = OPS.gna_attention_backward(go, gl, q, k, v, out, lse, *head, *tail, SPARSE)
     got = OPS.gna_attention_tiled_backward(perm(go), perm_rows(gl), perm(q), perm(k), perm(v), out_p, lse_p,
-                                           *head, *tail, False)
+                                           *head, *tail, SPARSE)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, perm(w))
 
@@ -77,16 +78,17 @@ def test_tiled_backward_pads_with_zero_rows():
     pad = OPS.permute_tokens(torch.ones(1, 1, 30, 1), *args)[0, 0, :, 0] == 0
     assert pad.sum() == 48 - 30
     qp, kp, vp = (t.masked_fill(pad[:, None], 7.0) for t in (qp, kp, vp))  # garbage in padding rows
-    out_p, lse_p = OPS.gna_attention_tiled_lse(qp, kp, vp, *head, *tail)
-    got = OPS.gna_attention_tiled_backward(perm(go), None, qp, kp, vp, out_p, lse_p, *head, *tail, False)
-    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, False)
+    out_p, lse_p, _ = OPS.gna_attention_tiled_lse(qp, kp, vp, *head, *tail)
+    got = OPS.gna_attention_tiled_backward(perm(go), None, qp, kp, vp, out_p, lse_p, *head, *tail, SPARSE)
+    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, SPARSE)
     for g, w in zip(got, want):
         assert torch.all(g[:, :, pad] == 0)
         torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)
 
 
 def test_tiled_backward_in_dense_mode_equals_the_natural_op():
-    """``dense=True`` (a forward traced under dense_attention): full attention's gradients."""
+    """``dense`` recorded True (a forward run under dense_attention): full attention's
+    gradients, those of SDPA with no mask, whatever mode is on when the backward runs."""
     torch.manual_seed(3)
     shape, tile = (4, 8), (2, 4)
     q, k, v, go = (torch.randn(1, 2, 32, 8) for _ in range(4))
@@ -94,7 +96,10 @@ def test_tiled_backward_in_dense_mode_equals_the_natural_op():
     head = _call(shape, tile, 0, 0, (False, False))
     tail = (None, True, list(tile), list(tile), "auto")
     perm = lambda t: OPS.permute_tokens(t, *args)  # noqa: E731
-    got = OPS.gna_attention_tiled_backward(perm(go), None, perm(q), perm(k), perm(v), None, None, *head, *tail, True)
-    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, True)
-    for g, w in zip(got, want):
+    got = OPS.gna_attention_tiled_backward(perm(go), None, perm(q), perm(k), perm(v), None, None, *head, *tail, DENSE)
+    want = OPS.gna_attention_backward(go, None, q, k, v, None, None, *head, *tail, DENSE)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    torch.nn.functional.scaled_dot_product_attention(*leaves).backward(go)
+    for g, w, leaf in zip(got, want, leaves):
         torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)
+        torch.testing.assert_close(w, leaf.grad)

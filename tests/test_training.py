@@ -191,3 +191,82 @@ def test_a_training_graph_traced_in_dense_mode_keeps_no_dense_backward():
     m.zero_grad()
     m(x).square().sum().backward()  # the close variant: sparse and dense gradients differ
     assert (m.proj.weight.grad - got).abs().max() > 1e-3
+
+
+def _backward_elsewhere(loss, dense_now):
+    """``loss.backward()`` where the mode differs from the forward's: on a fresh thread
+    (autograd runs CUDA backwards on its own device thread, where the thread-local mode is
+    unset) or inside ``dense_attention()``."""
+    if dense_now:
+        with gna_compile.dense_attention():
+            loss.backward()
+        return
+    import threading
+    errors = []
+    t = threading.Thread(target=lambda: _try(loss.backward, errors))
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+def _try(fn, errors):
+    try:
+        fn()
+    except BaseException as e:  # re-raised on the test's thread
+        errors.append(e)
+
+
+@pytest.mark.parametrize("hoist", [False, True])
+def test_the_backward_follows_the_mode_its_forward_ran_in(hoist):
+    """A forward inside dense_attention() whose backward runs outside it (on another thread)
+    gets dense SDPA's gradients; a sparse forward whose backward runs inside dense_attention()
+    gets GNA's. The oracles: the eager model with plain SDPA, and with brute-force GNA."""
+    torch.manual_seed(0)
+    m = TinyVideoDiT(depth=2)
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(**POLICY), inner="eager", hoist_permutations=hoist)
+    compiled = torch.compile(m, backend=be)
+    for dense_fwd in (False, True, False, True):
+        args = _inputs(torch.randint(1 << 30, ()).item())
+        with gna_compile.dense_attention(dense_fwd):
+            loss = _loss(compiled(*args))
+        _backward_elsewhere(loss, dense_now=not dense_fwd)
+        got = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        m.zero_grad()
+        if dense_fwd:
+            _, want = _step(m, m, args)
+        else:
+            with reference_sdpa(lambda q, k: PLAN):
+                _, want = _step(m, m, args)
+        for n in got:
+            torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=f"{n} dense={dense_fwd}")
+    assert [r.rewritten for r in be.records] == [True, True]
+    with reference_sdpa(lambda q, k: PLAN):  # the close variant: GNA's gradients differ from dense's
+        _, sparse = _step(m, m, args)
+    assert max((sparse[n] - got[n]).abs().max() for n in got) > 1e-3
+
+
+def test_user_op_backward_follows_its_forward_mode_across_threads():
+    """gna_attention() called by the model: a dense forward's backward on another thread is
+    dense SDPA's backward."""
+    torch.manual_seed(1)
+    proj = torch.nn.Linear(16, 16)
+
+    def f(x, attn):
+        q = proj(x).view(1, 32, 2, 8).transpose(1, 2)
+        return attn(q).square().sum()
+    gna = lambda q: gna_compile.gna_attention(q, q, q, (4, 8), (3, 3))  # noqa: E731
+    sdpa = lambda q: torch.nn.functional.scaled_dot_product_attention(q, q, q)  # noqa: E731
+    torch._dynamo.reset()
+    cf = torch.compile(f, backend=gna_compile.backend(inner="eager"))
+    for call in (cf, f):
+        x = torch.randn(1, 32, 16)
+        with gna_compile.dense_attention():
+            loss = call(x, gna)
+        _backward_elsewhere(loss, dense_now=False)
+        got = proj.weight.grad.clone()
+        proj.zero_grad()
+        f(x, sdpa).backward()
+        torch.testing.assert_close(got, proj.weight.grad, rtol=1e-4, atol=1e-5)
+        proj.zero_grad()

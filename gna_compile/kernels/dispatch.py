@@ -194,6 +194,13 @@ def dense_mode() -> bool:
     return getattr(_DENSE, "on", False)
 
 
+def dense_flag() -> torch.Tensor:
+    """The mode a forward runs in, as a 0-dim CPU bool tensor its backward reads: the backward
+    may run outside the ``dense_attention()`` block, or on autograd's CUDA device thread, where
+    this thread-local flag is not set."""
+    return torch.tensor(dense_mode())
+
+
 @contextlib.contextmanager
 def dense_attention(enabled: bool = True):
     """Inside this context every GNA call computes full (dense) attention, e.g. for the first

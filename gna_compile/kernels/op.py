@@ -1,10 +1,11 @@
 """The public GNA op: input checks, and the ``torch.library`` custom ops the compiler inserts.
 
-``gna_compile::gna_attention`` (out) and ``gna_compile::gna_attention_lse`` (out, lse) have
-fake implementations, so ``torch.compile(fullgraph=True)`` traces each as one opaque node.
-Both have autograd through ``gna_compile::gna_attention_backward``: the backward kernel of the
-backend that ran the forward where it takes the call, else the reference recomputed under
-autograd (the oracle).
+``gna_compile::gna_attention`` (out) and ``gna_compile::gna_attention_lse`` (out, lse, and
+the dense mode it ran in) have fake implementations, so ``torch.compile(fullgraph=True)``
+traces each as one opaque node. Both have autograd through
+``gna_compile::gna_attention_backward``: the backward kernel of the backend that ran the
+forward where it takes the call, else the reference recomputed under autograd (the oracle).
+The backward follows the forward's recorded mode, never the mode current when it runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_mode, dense_sdpa, reference_backward, run_gna, run_gna_backward
+from .dispatch import KeyMask, dense_flag, dense_mode, dense_sdpa, reference_backward, run_gna, run_gna_backward
 
 __all__ = ["gna_attention", "gna_attention_lse", "key_mask_2d"]
 
@@ -65,21 +66,28 @@ def _gna_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[
                 stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                 extra_suffix: int, scale: float, key_mask: Optional[Tensor],
                 key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int],
-                backend: str) -> tuple[Tensor, Tensor]:
+                backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, lse, dense): ``dense`` is the mode this call ran in (``dispatch.dense_flag``), a
+    value the backward reads, so a compiled backward follows its own forward."""
+    flag = dense_flag()
     if q.numel() == 0 or v.shape[-1] == 0:
-        return _empty_result(q, v)
+        return (*_empty_result(q, v), flag)
     spec = _spec(shape, window, stride, dilation, causal)
-    if dense_mode():
+    if bool(flag):
         spec = make_spec(spec.shape, spec.shape)
-    return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
-                   _mask_arg(q, key_mask, key_mask_spatial), backend, _tiles(q_tile, kv_tile))
+    out, lse = run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale,
+                       _mask_arg(q, key_mask, key_mask_spatial), backend, _tiles(q_tile, kv_tile))
+    return out, lse, flag
 
 
 @_gna_lse_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
       key_mask, key_mask_spatial, q_tile, kv_tile, backend):
-    B, H, N, _ = q.shape
-    return q.new_empty(B, H, N, v.shape[-1]), q.new_empty(B, H, N, dtype=torch.float32)
+    return (*_empty_result(q, v), _fake_flag())
+
+
+def _fake_flag() -> Tensor:
+    return torch.empty((), dtype=torch.bool)
 
 
 @torch.library.custom_op("gna_compile::gna_attention", mutates_args=())
@@ -110,14 +118,16 @@ def _gna_bwd_op(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tensor, k: Tens
                 stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                 extra_suffix: int, scale: float, key_mask: Optional[Tensor], key_mask_spatial: bool,
                 q_tile: list[int], kv_tile: list[int], backend: str,
-                dense: bool) -> tuple[Tensor, Tensor, Tensor]:
+                dense: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)``: the backward kernel of the backend that ran the forward where it takes
     the call (it reads the forward's ``out``/``lse``), else the reference recomputed under
-    autograd (dispatch.run_gna_backward). One opaque op, so AOTAutograd traces one node."""
+    autograd (dispatch.run_gna_backward). ``dense``: the forward's recorded mode (a 0-dim
+    bool tensor), which decides dense or GNA gradients whatever mode is on now. One opaque
+    op, so AOTAutograd traces one node."""
     if q.numel() == 0 or v.shape[-1] == 0:
         return tuple(torch.zeros_like(t) for t in (q, k, v))
     km = _mask_arg(q, key_mask, key_mask_spatial)
-    if dense or dense_mode():
+    if bool(dense):
         spec = make_spec(tuple(shape), tuple(shape))
         grads = reference_backward(grad_out, grad_lse, q, k, v, spec, extra_prefix, extra_suffix, scale, km)
     else:
@@ -138,27 +148,35 @@ def _tracing(t) -> bool:
     return torch.compiler.is_compiling() or detect_fake_mode((t,)) is not None
 
 
-def _save(ctx, inputs, out, lse):
+def _save(ctx, inputs, out, lse, flag):
     q, k, v, *params = inputs
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(q, k, v, out, lse, flag)
     ctx.params = params
-    # Eager: the mode the forward ran in. Traced: a value read now would be baked into the
-    # compiled backward for every later call, so the backward reads dense_mode() when it runs
-    # (as the rewritten sites' backwards do): forward and backward must then run in one mode.
-    ctx.dense = dense_mode() and not _tracing(q)
+
+
+def _save_out_op(ctx, inputs, output):
+    """The out op has no mode output: eager, the mode is read now, as the forward ran; traced,
+    a value read now would be baked into every later backward, so training graphs must use
+    the LSE op (gna_attention() and the backend's rewrite do)."""
+    if _tracing(inputs[0]):
+        raise RuntimeError(
+            "gna_compile::gna_attention has no traced backward (it cannot record the dense mode "
+            "its forward ran in): call gna_compile.gna_attention(), or gna_compile::gna_attention_lse, "
+            "in a compiled graph that needs gradients")
+    _save(ctx, inputs, output, None, dense_flag())
 
 
 def _grads(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _gna_bwd_op(grad_out, grad_lse, q, k, v, out, lse, *ctx.params, ctx.dense)
+    q, k, v, out, lse, flag = ctx.saved_tensors
+    dq, dk, dv = _gna_bwd_op(grad_out, grad_lse, q, k, v, out, lse, *ctx.params, flag)
     return (dq, dk, dv, *([None] * 13))
 
 
 # The out op saves its output only: a backward kernel then reruns the forward for the LSE. The
 # public gna_attention() calls the LSE op when gradients are needed, so nothing reruns.
-_gna_op.register_autograd(lambda ctx, g: _grads(ctx, g, None),
-                          setup_context=lambda ctx, inputs, output: _save(ctx, inputs, output, None))
-_gna_lse_op.register_autograd(_grads, setup_context=lambda ctx, inputs, output: _save(ctx, inputs, *output))
+_gna_op.register_autograd(lambda ctx, g: _grads(ctx, g, None), setup_context=_save_out_op)
+_gna_lse_op.register_autograd(lambda ctx, g, g_lse, _: _grads(ctx, g, g_lse),
+                              setup_context=lambda ctx, inputs, output: _save(ctx, inputs, *output))
 
 
 def _check_inputs(q, k, v, shape, extra_prefix, extra_suffix, key_mask):
@@ -258,5 +276,6 @@ def gna_attention_lse(q: Tensor, k: Tensor, v: Tensor, shape, window, stride=1, 
                       tiles=None) -> tuple[Tensor, Tensor]:
     """Like :func:`gna_attention` but also returns the fp32 log-sum-exp ``[B, H, N]`` (natural log;
     differentiable, as ``logsumexp`` of the scaled scores)."""
-    return _gna_lse_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
-                                 extra_suffix, scale, key_mask, key_mask_spatial, backend, tiles))
+    out, lse, _ = _gna_lse_op(*_prepare(q, k, v, shape, window, stride, dilation, causal, extra_prefix,
+                                        extra_suffix, scale, key_mask, key_mask_spatial, backend, tiles))
+    return out, lse

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_mode, dense_sdpa, forced_backend, reference_backward, run_gna_backward
+from .dispatch import KeyMask, dense_flag, dense_mode, dense_sdpa, forced_backend, reference_backward, run_gna_backward
 from .permute import padded_shape, permute_tokens, unpermute_tokens
 from .reference import reference_attention
 
@@ -153,11 +153,11 @@ def _rows(fn, x, args):
 
 
 def _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix, key_mask, key_mask_spatial,
-          q_tile, kv_tile, B):
-    """(spec, permutation args, tiles, KeyMask or None) of a tiled call; dense mode: a dense spec."""
+          q_tile, kv_tile, B, dense):
+    """(spec, permutation args, tiles, KeyMask or None) of a tiled call; ``dense``: a dense spec."""
     from .op import key_mask_2d
     spec = make_spec(tuple(shape), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    if dense_mode():
+    if dense:
         spec = make_spec(spec.shape, spec.shape)
     args = (tuple(shape), tuple(q_tile), extra_prefix, extra_suffix)
     n_nat = extra_prefix + spec.num_tokens + extra_suffix
@@ -171,17 +171,18 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
                  extra_suffix: int, scale: float, key_mask: Optional[Tensor],
                  key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int], backend: str) -> Tensor:
     """GNA on q/k/v in the tiled order of ``q_tile``; ``key_mask`` stays in natural order."""
+    dense = dense_mode()
     spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
-                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0])
+                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0], dense)
     if q.numel() == 0:
         return q.new_empty(*q.shape[:-1], v.shape[-1])
-    if q.is_cuda and forced_backend(backend) in ("auto", "triton") and not dense_mode():
+    if q.is_cuda and forced_backend(backend) in ("auto", "triton") and not dense:
         got = _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km)
         if got is not None:  # None: the kernel does not support this call
             return got[0].contiguous()
     # Fallback: back to natural order, reference (or dense SDPA in hybrid mode), tiled again.
     qn, kn, vn = (unpermute_tokens(t, *args) for t in (q, k, v))
-    if dense_mode():
+    if dense:
         out = dense_sdpa(qn, kn, vn, scale, None if km is None else KeyMask(km.mask, True))
     else:
         out, _ = reference_attention(qn, kn, vn, spec, extra_prefix, extra_suffix, scale,
@@ -200,27 +201,30 @@ def gna_tiled_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: 
                      stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                      extra_suffix: int, scale: float, key_mask: Optional[Tensor],
                      key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int],
-                     backend: str) -> tuple[Tensor, Tensor]:
+                     backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """``gna_attention_lse`` on q/k/v in the tiled order of ``q_tile``: out and the fp32 LSE
-    ``[B, H, N_tiled]`` in that order; ``key_mask`` stays in natural order."""
+    ``[B, H, N_tiled]`` in that order, and the dense mode it ran in (for the backward);
+    ``key_mask`` stays in natural order."""
+    flag = dense_flag()
     if q.numel() == 0 or v.shape[-1] == 0:
-        return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32)
+        return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32), flag
     spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
-                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0])
+                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0], bool(flag))
     if q.is_cuda and forced_backend(backend) in ("auto", "triton"):
         got = _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km)
         if got is not None:
-            return got[0].contiguous(), got[1].float().contiguous()
+            return got[0].contiguous(), got[1].float().contiguous(), flag
     qn, kn, vn = (unpermute_tokens(t, *args) for t in (q, k, v))
     out, lse = reference_attention(qn, kn, vn, spec, extra_prefix, extra_suffix, scale,
                                    None if km is None else km.mask)
-    return permute_tokens(out, *args).contiguous(), _rows(permute_tokens, lse, args).contiguous()
+    return permute_tokens(out, *args).contiguous(), _rows(permute_tokens, lse, args).contiguous(), flag
 
 
 @gna_tiled_lse_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
       key_mask, key_mask_spatial, q_tile, kv_tile, backend):
-    return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return (q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32),
+            torch.empty((), dtype=torch.bool))
 
 
 @torch.library.custom_op("gna_compile::gna_attention_tiled_backward", mutates_args=())
@@ -229,17 +233,15 @@ def gna_tiled_backward_op(grad_out: Tensor, grad_lse: Optional[Tensor], q: Tenso
                           stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
                           extra_suffix: int, scale: float, key_mask: Optional[Tensor],
                           key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int], backend: str,
-                          dense: bool) -> tuple[Tensor, Tensor, Tensor]:
+                          dense: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``gna_attention_backward`` with every token-indexed tensor (grad_out, grad_lse, q, k, v,
     out, lse and the returned dq, dk, dv) in the tiled order of ``q_tile``; ``key_mask`` stays
-    in natural order. Padding rows of the gradients are zeros."""
+    in natural order. Padding rows of the gradients are zeros. ``dense``: the forward's mode."""
     if q.numel() == 0 or v.shape[-1] == 0:
         return tuple(torch.zeros_like(t) for t in (q, k, v))
+    dense = bool(dense)
     spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
-                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0])
-    dense = dense or dense_mode()
-    if dense:
-        spec = make_spec(spec.shape, spec.shape)
+                                  key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0], dense)
     grads = None
     if q.is_cuda and not dense and forced_backend(backend) in ("auto", "triton"):
         grads = _fast_tiled_backward(grad_out, grad_lse, q, k, v, out, lse, spec, tiles, extra_prefix,

@@ -344,10 +344,10 @@ def _token_place(node) -> Place:
 
 
 def _seed_place(node):
-    """A GNA call's output place(s): out; (out, lse); (dq, dk, dv)."""
+    """A GNA call's output place(s): out; (out, lse, None: the 0-dim mode flag); (dq, dk, dv)."""
     p = _token_place(node)
     v = val(node)
-    return tuple(p for _ in v) if isinstance(v, (tuple, list)) else p
+    return tuple(p if x.dim() else None for x in v) if isinstance(v, (tuple, list)) else p
 
 
 def _per_call(node) -> int:

@@ -103,7 +103,8 @@ class SymEmitter:
 def rewrite(graph: Graph, records: list[CallRecord], fake_mode, with_lse: bool = False) -> int:
     """Rewrite every record with ``decision == "gna"``; returns how many were rewritten.
     ``with_lse`` (joint training graphs): the forward is the LSE op, so that its backward can
-    read the saved out and LSE; users see its output through ``getitem 0``."""
+    read the saved out and LSE and the mode the forward ran in; users see its output through
+    ``getitem 0``."""
     emitter, count = SymEmitter(graph), 0
     for rec in records:
         if not rec.rewritten:
@@ -124,7 +125,7 @@ def rewrite(graph: Graph, records: list[CallRecord], fake_mode, with_lse: bool =
             set_val(new, fake_mode)
             outs = [new]
             if with_lse:
-                outs = [graph.call_function(operator.getitem, (new, i)) for i in (0, 1)]
+                outs = [graph.call_function(operator.getitem, (new, i)) for i in (0, 1, 2)]
                 for i, o in enumerate(outs):
                     o.meta["val"] = val(new)[i]
         for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "seq_nr", "original_aten"):
@@ -145,7 +146,8 @@ def rewrite(graph: Graph, records: list[CallRecord], fake_mode, with_lse: bool =
 def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None:
     """In a joint (training) graph, the backward of a rewritten site is the GNA backward with
     the same decision (read from the forward node, after fill_tiles), fed the forward's saved
-    out and LSE; a site backward whose forward was not rewritten stays as it is."""
+    out and LSE and its recorded dense mode (so the backward follows its forward, whatever
+    mode is on when it runs); a site backward whose forward was not rewritten stays as it is."""
     by_qkv = {tuple(r.plan["gna_args"][:3]): r for r in records if r.rewritten and "gna_args" in r.plan}
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not SITE_BWD:
@@ -158,9 +160,9 @@ def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None
             raise RuntimeError(f"gna_compile: the forward {fwd.name} of a training graph was rewritten "
                                f"without its LSE; refusing to compile a backward that would rerun it")
         g = fwd.args
-        out, lse = rec.plan["gna_outs"]
+        out, lse, dense = rec.plan["gna_outs"]
         with graph.inserting_before(node):
-            new = graph.call_function(GNA_BWD, (node.args[0], None, *g[:3], out, lse, *g[3:], False))
+            new = graph.call_function(GNA_BWD, (node.args[0], None, *g[:3], out, lse, *g[3:], dense))
         set_val(new, fake_mode)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
