@@ -6,6 +6,7 @@
 
 from importlib import import_module
 
+from .cache_key import tag_compile_caches
 from .config import GNA, GNASpec, make_spec
 from .kernels.dispatch import available_backends, dense_attention
 from .kernels.op import gna_attention, gna_attention_lse
@@ -13,6 +14,8 @@ from .kernels.permute import permute_tokens, unpermute_tokens
 from .kernels import tiled_op as _tiled_op  # noqa: F401  (registers the tiled-layout ops)
 
 __version__ = "0.1.0"
+
+tag_compile_caches()  # compile caches made by another version of this source are not reused
 
 # Heavier pieces load on first use, so `import gna_compile` stays cheap.
 _LAZY = {

@@ -77,13 +77,15 @@ def _cls(case: ModelCase):
     return getattr(diffusers, case.cls_name)
 
 
-def build_model(name: str, size: str = "small", device="cpu", dtype=torch.float32, checkpoint=None):
-    """The diffusers transformer with random weights (or a local checkpoint directory)."""
+def build_model(name: str, size: str = "small", device="cpu", dtype=torch.float32, checkpoint=None,
+                **config):
+    """The diffusers transformer with random weights (or a local checkpoint directory);
+    ``config`` overrides entries of the size's config."""
     case = CASES[name]
     cls = _cls(case)
     if checkpoint:
         return cls.from_pretrained(checkpoint, torch_dtype=dtype, local_files_only=True).to(device).eval()
-    cfg = case.full_config if size == "full" else case.small_config
+    cfg = {**(case.full_config if size == "full" else case.small_config), **config}
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build directly in the target dtype: no fp32 copy on the GPU
     try:

@@ -9,6 +9,8 @@ grid (default: the size's own), so that ``pipe(**call(), num_inference_steps=...
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .. import zoo
@@ -134,8 +136,15 @@ def _wan(size, device, dtype):
 
 def _cosmos(size, device, dtype):
     import diffusers
+    from diffusers.utils import is_torchvision_available
     full = size == "full"
-    tr = zoo.build_model("cosmos", size, device, dtype) if full else diffusers.CosmosTransformer3DModel(
+    cfg = {}
+    if full and not is_torchvision_available():  # its padding-mask resize imports torchvision
+        warnings.warn("gna_compile.pipelines.offline: torchvision is missing, so the Cosmos transformer is "
+                      "built with concat_padding_mask=False (one input channel fewer than the published "
+                      "config; attention is the same)")
+        cfg["concat_padding_mask"] = False
+    tr = zoo.build_model("cosmos", size, device, dtype, **cfg) if full else diffusers.CosmosTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=24, num_layers=2, mlp_ratio=2.0,
         text_embed_dim=16, adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2), rope_scale=(1.0, 1.0, 1.0),
         concat_padding_mask=False, extra_pos_embed_type=None)
