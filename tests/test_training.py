@@ -270,3 +270,60 @@ def test_user_op_backward_follows_its_forward_mode_across_threads():
         f(x, sdpa).backward()
         torch.testing.assert_close(got, proj.weight.grad, rtol=1e-4, atol=1e-5)
         proj.zero_grad()
+
+
+def _checkpointed_user_op(proj):
+    import torch.utils.checkpoint as cp
+
+    def block(x):
+        q = proj(x).view(1, 32, 2, 8).transpose(1, 2)
+        return gna_compile.gna_attention(q, q, q, (4, 8), (3, 3)).transpose(1, 2).reshape(1, 32, 16)
+    return lambda x: cp.checkpoint(block, x, use_reentrant=False).square().sum()
+
+
+def _sdpa_grads(proj, x):
+    proj.zero_grad()
+    q = proj(x).view(1, 32, 2, 8).transpose(1, 2)
+    torch.nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(1, 32, 16).square().sum().backward()
+    g = proj.weight.grad.clone()
+    proj.zero_grad()
+    return g
+
+
+def test_checkpointed_forwards_are_saved_not_recomputed_in_another_mode():
+    """Activation checkpointing around a GNA call compiled by the gna backend: the forward ran
+    in dense mode, the backward (which would recompute it) runs outside the block on another
+    thread; the GNA forward is saved (MUST_SAVE), so the gradients are dense SDPA's."""
+    from torch.utils.checkpoint import CheckpointPolicy
+    torch.manual_seed(2)
+    proj = torch.nn.Linear(16, 16)
+    torch._dynamo.reset()
+    be = gna_compile.backend(inner="eager")
+    f = torch.compile(_checkpointed_user_op(proj), backend=be)
+    x = torch.randn(1, 32, 16)
+    with gna_compile.dense_attention():
+        loss = f(x)
+    _backward_elsewhere(loss, dense_now=False)
+    got = proj.weight.grad.clone()
+    torch.testing.assert_close(got, _sdpa_grads(proj, x), rtol=1e-4, atol=1e-5)
+    fwd = [n for g in be.graphs for n in g.graph.nodes if getattr(n.target, "_opname", "").endswith("_lse")]
+    assert fwd and all(n.meta.get("recompute") == CheckpointPolicy.MUST_SAVE for n in fwd)
+    proj.zero_grad()
+    f(x).backward()  # the close variant: a sparse step's gradients are not dense SDPA's
+    assert (proj.weight.grad - got).abs().max() > 1e-3
+
+
+def test_eager_checkpoint_recomputed_in_another_mode_is_refused():
+    """Eager activation checkpointing recomputes the forward in the backward's mode: the same
+    mode trains (dense SDPA's gradients); another mode raises, naming the rule."""
+    torch.manual_seed(3)
+    proj = torch.nn.Linear(16, 16)
+    f = _checkpointed_user_op(proj)
+    x = torch.randn(1, 32, 16)
+    with gna_compile.dense_attention():
+        f(x).backward()
+    torch.testing.assert_close(proj.weight.grad, _sdpa_grads(proj, x), rtol=1e-4, atol=1e-5)
+    with gna_compile.dense_attention():
+        loss = f(x)
+    with pytest.raises(RuntimeError, match="activation checkpointing recomputed it"):
+        loss.backward()

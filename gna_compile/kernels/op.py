@@ -152,6 +152,9 @@ def _save(ctx, inputs, out, lse, flag):
     q, k, v, *params = inputs
     ctx.save_for_backward(q, k, v, out, lse, flag)
     ctx.params = params
+    # Eager: the mode as a Python value too. Activation checkpointing swaps the saved tensors
+    # for recomputed ones, so a flag that then disagrees means the recompute ran in another mode.
+    ctx.forward_dense = None if _tracing(q) else bool(flag)
 
 
 def _save_out_op(ctx, inputs, output):
@@ -168,6 +171,11 @@ def _save_out_op(ctx, inputs, output):
 
 def _grads(ctx, grad_out, grad_lse):
     q, k, v, out, lse, flag = ctx.saved_tensors
+    if ctx.forward_dense is not None and bool(flag) != ctx.forward_dense:
+        raise RuntimeError(
+            f"gna_compile: a GNA call ran with dense_attention()={ctx.forward_dense}, but activation "
+            f"checkpointing recomputed it for the backward with dense_attention()={bool(flag)}, so its "
+            f"saved activations belong to another attention: call .backward() in the mode the forward ran in")
     dq, dk, dv = _gna_bwd_op(grad_out, grad_lse, q, k, v, out, lse, *ctx.params, flag)
     return (dq, dk, dv, *([None] * 13))
 

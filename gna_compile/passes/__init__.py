@@ -142,6 +142,9 @@ class AtenPass:
             if be.hoist and any(n.op == "call_function" and n.target in (GNA_OP, GNA_LSE_OP) for n in graph.nodes):
                 from .hoist_permutations import hoist_permutations
                 result = hoist_permutations(gm, records, fake_mode)
+        if training:
+            from .save_gna_forwards import save_gna_forwards
+            save_gna_forwards(graph)
         graph.eliminate_dead_code()
         graph.lint()
         gm.recompile()
