@@ -327,3 +327,27 @@ def test_eager_checkpoint_recomputed_in_another_mode_is_refused():
         loss = f(x)
     with pytest.raises(RuntimeError, match="activation checkpointing recomputed it"):
         loss.backward()
+
+
+def test_attention_inside_a_checkpoint_body_stays_dense_with_the_reason():
+    """SDPA inside torch.utils.checkpoint sits in a higher-order op body the analysis does
+    not enter: it stays dense SDPA (the gradients are SDPA's) and the record says why; the
+    same block without the checkpoint is rewritten."""
+    import torch.utils.checkpoint as cp
+    torch.manual_seed(4)
+    proj = torch.nn.Linear(16, 16)
+
+    def block(x):
+        q = proj(x).view(1, 32, 2, 8).transpose(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(1, 32, 16)
+    x = torch.randn(1, 32, 16)
+    for wrapped, rewritten in ((lambda x: cp.checkpoint(block, x, use_reentrant=False), False), (block, True)):
+        torch._dynamo.reset()
+        be = gna_compile.backend(Policy(default=GNA((3, 3)), layout=(4, 8)), inner="eager")
+        torch.compile(lambda x: wrapped(x).square().sum(), backend=be)(x).backward()
+        (rec,) = be.records
+        assert rec.rewritten == rewritten, rec.reason
+        if not rewritten:
+            assert "higher-order op body" in rec.reason
+            torch.testing.assert_close(proj.weight.grad, _sdpa_grads(proj, x), rtol=1e-4, atol=1e-5)
+        proj.zero_grad()

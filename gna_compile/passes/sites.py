@@ -166,4 +166,12 @@ def mark_sites(gm: GraphModule) -> list[Site]:
         changed = True
     if changed:
         gm.recompile()
+    for name, sub in gm.named_modules():  # bodies of higher-order ops (activation checkpoint, ...)
+        if sub is gm or not isinstance(sub, GraphModule):
+            continue
+        for node in sub.graph.nodes:
+            if node.op == "call_function" and node.target in _SDPA:
+                sites.append(Site(next(_IDS), module_path(node), _where(node),
+                                  f"inside the higher-order op body {name} (e.g. torch.utils.checkpoint), "
+                                  f"which the analysis does not enter"))
     return sites
