@@ -1,6 +1,7 @@
 """Fine-tune a random-weight DiT twice, dense and GNA, on a synthetic denoising task.
 
-    python examples/finetune.py [--steps N] [--device cuda] [--size small|medium] [--out DIR]
+    python examples/finetune.py [--steps N] [--device cuda] [--size small|medium]
+        [--window T H W] [--stride T H W] [--out DIR]
 
 Why: the backend's training path (the GNA backward follows the rewritten forward) should be
 usable end to end, not only gradient-exact on one step (tests/test_training.py). Both runs
@@ -130,6 +131,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=None, help="steps left out of the timing median")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on for --size medium on CUDA)")
+    ap.add_argument("--window", type=int, nargs=3, default=None, help="GNA window (default: the size's)")
+    ap.add_argument("--stride", type=int, nargs=3, default=None, help="GNA stride (default: the size's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "finetune_out"))
     args = ap.parse_args(argv)
@@ -146,7 +149,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    cfg = SIZES[args.size]
+    cfg = dict(SIZES[args.size])
+    cfg.update({k: tuple(getattr(args, k)) for k in ("window", "stride") if getattr(args, k)})
     torch.manual_seed(args.seed)
     init = TinyVideoDiT(**cfg["model"]).state_dict()
     x0, text = make_dataset(cfg, args.seed + 1)
