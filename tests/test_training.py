@@ -351,3 +351,35 @@ def test_attention_inside_a_checkpoint_body_stays_dense_with_the_reason():
             assert "higher-order op body" in rec.reason
             torch.testing.assert_close(proj.weight.grad, _sdpa_grads(proj, x), rtol=1e-4, atol=1e-5)
         proj.zero_grad()
+
+
+class SharedQKV(nn.Module):
+    """Two attention calls on the same q, k, v that differ only in scale."""
+
+    def __init__(self, dim=16, h=2):
+        super().__init__()
+        self.h, self.patch, self.qkv = h, nn.Conv2d(3, dim, 2, 2), nn.Linear(dim, 3 * dim)
+
+    def forward(self, img):
+        from backend_models import heads
+        t = self.patch(img).flatten(2).transpose(1, 2)
+        q, k, v = (heads(z, self.h) for z in self.qkv(t).chunk(3, dim=-1))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        b = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=2.0)
+        return a.square().sum() + 3 * b.sum()
+
+
+@pytest.mark.parametrize("hoist", [False, True])
+def test_calls_sharing_q_k_v_each_get_their_own_backward(hoist):
+    """Backwards pair with their forwards by site, not by q, k, v: the gradients equal the eager
+    model's with reference GNA (they were the second call's for both, a review's repro)."""
+    torch.manual_seed(0)
+    m, img = SharedQKV(), torch.randn(2, 3, 16, 32)
+    torch._dynamo.reset()
+    be = gna_compile.backend(Policy(default=GNA((3, 3), (1, 1))), inner="eager", hoist_permutations=hoist)
+    _, got = _step(torch.compile(m, backend=be), m, (img,))
+    assert [r.rewritten for r in be.records] == [True, True]
+    with reference_sdpa(lambda q, k: dict(shape=(8, 16), window=(3, 3))):
+        _, want = _step(m, m, (img,))
+    for n in got:
+        torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=n)

@@ -147,12 +147,18 @@ def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None
     """In a joint (training) graph, the backward of a rewritten site is the GNA backward with
     the same decision (read from the forward node, after fill_tiles), fed the forward's saved
     out and LSE and its recorded dense mode (so the backward follows its forward, whatever
-    mode is on when it runs); a site backward whose forward was not rewritten stays as it is."""
-    by_qkv = {tuple(r.plan["gna_args"][:3]): r for r in records if r.rewritten and "gna_args" in r.plan}
+    mode is on when it runs); a site backward whose forward was not rewritten stays as it is.
+    Backward and forward are paired by the site id both carry, never by their q, k, v (two
+    calls may share them and differ in scale, window or mask)."""
+    done = [r for r in records if r.rewritten and "gna_args" in r.plan]
+    by_site = {r.site: r for r in done}
+    if len(by_site) != len(done):
+        raise RuntimeError("gna_compile: two rewritten attention calls share a site id; refusing to pair "
+                           "their backwards by guess")
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not SITE_BWD:
             continue
-        rec = by_qkv.get(tuple(node.args[1:4]))
+        rec = by_site.get(node.args[8])
         if rec is None:
             continue
         fwd = rec.plan["gna_node"]
@@ -166,9 +172,9 @@ def rewrite_backward(graph: Graph, records: list[CallRecord], fake_mode) -> None
         set_val(new, fake_mode)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
-    dense = {tuple(n.args[:3]) for n in graph.nodes if n.op == "call_function" and n.target is SITE_OP}
+    dense = {n.args[7] for n in graph.nodes if n.op == "call_function" and n.target is SITE_OP}
     for node in graph.nodes:  # every backward left must belong to a forward left dense
-        if node.op == "call_function" and node.target is SITE_BWD and tuple(node.args[1:4]) not in dense:
+        if node.op == "call_function" and node.target is SITE_BWD and node.args[8] not in dense:
             raise RuntimeError(f"gna_compile: the backward {node.name} of a rewritten attention call was not "
                                f"rewritten with it; refusing to compile wrong gradients")
 

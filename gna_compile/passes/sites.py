@@ -46,8 +46,10 @@ def _(q, k, v, attn_mask, is_causal, scale, enable_gqa, site):
 
 @torch.library.custom_op("gna_compile::sdpa_site_backward", mutates_args=())
 def _site_bwd(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
-              is_causal: bool, scale: Optional[float], enable_gqa: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients by recomputing SDPA under autograd (sites carry no dropout, so this is exact)."""
+              is_causal: bool, scale: Optional[float], enable_gqa: bool, site: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients by recomputing SDPA under autograd (sites carry no dropout, so this is exact).
+    ``site``: the forward's site id, so the rewrite pairs each backward with its own forward
+    (two calls may share q, k, v and differ in scale or mask)."""
     with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(
             torch._C.DispatchKey.AutogradFunctionality, False), torch._C._SetExcludeDispatchKeyGuard(
             torch._C.DispatchKey.ADInplaceOrView, False):
@@ -59,14 +61,14 @@ def _site_bwd(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional
 
 
 @_site_bwd.register_fake
-def _(grad, q, k, v, attn_mask, is_causal, scale, enable_gqa):
+def _(grad, q, k, v, attn_mask, is_causal, scale, enable_gqa, site):
     return tuple(t.new_empty(t.shape) for t in (q, k, v))
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, attn_mask, is_causal, scale, enable_gqa, _ = inputs
+    q, k, v, attn_mask, is_causal, scale, enable_gqa, site = inputs
     ctx.save_for_backward(q, k, v)
-    ctx.rest = (attn_mask, is_causal, scale, enable_gqa)
+    ctx.rest = (attn_mask, is_causal, scale, enable_gqa, site)
 
 
 def _backward(ctx, grad):
