@@ -201,6 +201,11 @@ def dense_flag() -> torch.Tensor:
     return torch.tensor(dense_mode())
 
 
+def fake_dense_flag() -> torch.Tensor:
+    """dense_flag's shape, dtype and device, for the ops' fake implementations."""
+    return torch.empty((), dtype=torch.bool)
+
+
 @contextlib.contextmanager
 def dense_attention(enabled: bool = True):
     """Inside this context every GNA call computes full (dense) attention, e.g. for the first

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_flag, dense_mode, dense_sdpa, reference_backward, run_gna, run_gna_backward
+from .dispatch import (KeyMask, dense_flag, dense_mode, dense_sdpa, fake_dense_flag, reference_backward, run_gna,
+                       run_gna_backward)
 
 __all__ = ["gna_attention", "gna_attention_lse", "key_mask_2d"]
 
@@ -83,11 +84,7 @@ def _gna_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[
 @_gna_lse_op.register_fake
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
       key_mask, key_mask_spatial, q_tile, kv_tile, backend):
-    return (*_empty_result(q, v), _fake_flag())
-
-
-def _fake_flag() -> Tensor:
-    return torch.empty((), dtype=torch.bool)
+    return (*_empty_result(q, v), fake_dense_flag())
 
 
 @torch.library.custom_op("gna_compile::gna_attention", mutates_args=())

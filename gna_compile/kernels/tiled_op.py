@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import KeyMask, dense_flag, dense_mode, dense_sdpa, forced_backend, reference_backward, run_gna_backward
+from .dispatch import (KeyMask, dense_flag, dense_mode, dense_sdpa, fake_dense_flag, forced_backend, reference_backward,
+                       run_gna_backward)
 from .permute import padded_shape, permute_tokens, unpermute_tokens
 from .reference import reference_attention
 
@@ -224,7 +225,7 @@ def gna_tiled_lse_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: 
 def _(q, k, v, shape, window, stride, dilation, causal, extra_prefix, extra_suffix, scale,
       key_mask, key_mask_spatial, q_tile, kv_tile, backend):
     return (q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1], dtype=torch.float32),
-            torch.empty((), dtype=torch.bool))
+            fake_dense_flag())
 
 
 @torch.library.custom_op("gna_compile::gna_attention_tiled_backward", mutates_args=())

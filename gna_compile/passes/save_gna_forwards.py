@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import operator
 
-import torch
 from torch.fx import Graph
+
+from .hoist_permutations import TILED
+from .rewrite import GNA_LSE_OP, GNA_OP
 
 __all__ = ["save_gna_forwards"]
 
-_OPS = torch.ops.gna_compile
-_FORWARDS = (_OPS.gna_attention.default, _OPS.gna_attention_lse.default, _OPS.gna_attention_tiled.default,
-             _OPS.gna_attention_tiled_lse.default)
+_FORWARDS = (GNA_OP, GNA_LSE_OP, TILED[GNA_OP], TILED[GNA_LSE_OP])  # natural and tiled order
 
 
 def save_gna_forwards(graph: Graph) -> int:
