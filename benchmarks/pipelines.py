@@ -3,20 +3,28 @@ schedule vs gna on every step, in one run (issue 14).
 
     python benchmarks/pipelines.py --model {flux,hunyuan,cosmos,wan,ltx} [--size full|small]
         [--steps N] [--dense-steps K] [--variants dense,hybrid,gna] [--compare] [--out DIR]
+    python benchmarks/pipelines.py --model M --merge A.json B.json [--out DIR]
 
 Pipelines come from gna_compile.pipelines.offline (random weights, the published configs with
 ``--size full`` at the paper's resolutions: FLUX.1-dev 4K, HunyuanVideo 720p 30x48x80,
-Cosmos 16x44x80, Wan 2.1 14B 720p 81 frames; prompt embeddings passed directly). The run
-starts with one eager step and a decode (the VAE's first call warms its kernels for all
-variants alike); each variant then runs a warm-up loop without the decode (2 steps; hybrid:
-its dense steps + 1, so both modes run once; its wall time is the compile column), then the
-timed loop: per-step times from the step callback (device synchronised), the decode as the rest of the
-loop. ``--steps`` runs fewer steps than the pipeline's default with ``--dense-steps`` (default:
-the family's dense share of the steps, gna_compile/pipelines/families.py) when a full loop
-does not fit one GPU command; the table says which. ``--compare`` prints PSNR and max
-difference of each decoded output against the dense loop's (meaningful with trained weights;
-random weights only show that the loop ran). Writes ``pipelines_<model>.json`` and a per-step
-time plot ``pipelines_<model>.png`` under ``--out``.
+Cosmos 16x44x80, Wan 2.1 14B 720p 81 frames; prompt embeddings passed directly).
+
+Each variant warms up first (its compile column is the warm-up's step time): dense one step;
+hybrid and gna share one gna compile, warmed by one dense and one sparse step, since the
+schedule is read at run time (``gna_compile.set_dense_steps`` switches it, recompiling
+nothing; the ``new graphs`` column counts graphs compiled during each timed loop and should
+read 0). The run's first warm-up decodes, so the VAE's first call is no timed loop's; the
+others stop at the latents. Timed loops: per-step times from the step callback (device
+synchronised), the decode as the rest of the loop.
+
+``--steps`` runs fewer steps than the pipeline's default with ``--dense-steps`` (default: the
+family's dense share of the steps, gna_compile/pipelines/families.py) when a full loop does
+not fit one GPU command; the table says which. Where even that does not fit, ``--variants``
+splits the variants over commands and ``--merge`` prints their one table (each run's JSON
+names its GPU, UUID included). ``--compare`` prints PSNR and max difference of each decoded
+output against the dense loop's (meaningful with trained weights; random weights only show
+that the loop ran). Writes ``pipelines_<model>.json``, ``.txt`` and a per-step time plot
+``pipelines_<model>.png`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -76,62 +84,134 @@ def _run_loop(pipe, call, steps, device, decode=True):
     return per_step, t1 - t0, out[0]
 
 
-def _enable_variant(pipe, variant, dense_steps, policy, inner):
-    """Put the pipeline in the variant's state; returns an undo function."""
-    tr = pipe.transformer
-    if variant == "dense":
-        tr.forward = torch.compile(type(tr).forward.__get__(tr), backend=inner, dynamic=False)
-        return lambda: tr.__dict__.pop("forward")
-    n = dense_steps if variant == "hybrid" else 0
-    gna_compile.enable(pipe, dense_steps=n, policy=policy, inner=inner)
-    return lambda: gna_compile.disable(pipe)
-
-
 def psnr(a, b):
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     mse = ((a - b) ** 2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
+def _graphs():
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def _rewrites(records):
+    """'R of N attention calls rewritten: <config> xK, ...; dense: <reason> xK' for the log."""
+    from collections import Counter
+    done = Counter(f"w={r.window} s={r.stride} tiles {r.q_tile}/{r.kv_tile} on {r.grid} (sim {r.speedup:.1f}x)"
+                   for r in records if r.rewritten)
+    dense = Counter(r.reason for r in records if not r.rewritten)
+    return (f"{sum(done.values())} of {len(records)} attention calls rewritten: "
+            + "; ".join(f"{k} x{n}" for k, n in done.items())
+            + ("; dense: " + "; ".join(f"{k} x{n}" for k, n in dense.items()) if dense else ""))
+
+
+def _device_id(device):
+    if torch.device(device).type != "cuda":
+        return "cpu"
+    p = torch.cuda.get_device_properties(torch.device(device))
+    return f"{p.name} {getattr(p, 'uuid', '')}".strip()
+
+
 def run(name, size, device, steps, dense_steps, variants, compare, log, inner="inductor"):
+    """Rows of the table. Dense: its own compile. Hybrid and gna: one compile of the gna
+    backend shared by both (the schedule is read at run time, set_dense_steps), so the second
+    compiles nothing. The run's first warm-up loop decodes (the VAE's first call warms its
+    kernels before any timed loop, for every variant alike); the others stop at the latents."""
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     pipe, call = offline.build(name, size, device, dtype)
     fam = family_of(pipe)
     policy = _policy(name, size)
-    rows, outputs = [], {}
-    _run_loop(pipe, call, 1, device)  # one eager step and a decode: the VAE's first run is not any variant's
-    for variant in variants:
-        torch._dynamo.reset()
-        undo = _enable_variant(pipe, variant, dense_steps, policy, inner)
-        try:
-            t0 = time.perf_counter()
-            warm = dense_steps + 1 if variant == "hybrid" else 2  # the hybrid warm-up reaches a sparse step
-            _run_loop(pipe, call, warm, device, decode=False)  # warm-up: compiles, runs each mode once
-            compile_s = time.perf_counter() - t0
-            if torch.device(device).type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            per_step, loop_s, out = _run_loop(pipe, call, steps, device)
-            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.device(device).type == "cuda" else float("nan")
-        finally:
-            undo()
+    rows, outputs, first = [], {}, [True]
+
+    def warm(n):
+        per_step, _, _ = _run_loop(pipe, call, n, device, decode=first[0])
+        first[0] = False
+        return sum(per_step)  # the compile column: the warm-up's steps, not its decode
+
+    def timed(variant, compile_s):
         n_dense = {"dense": steps, "hybrid": dense_steps, "gna": 0}[variant]
-        dense_part = per_step[:n_dense] if variant != "dense" else per_step
-        sparse_part = per_step[n_dense:]
-        row = dict(variant=variant, steps=steps, dense_steps=n_dense, loop_s=loop_s, per_step_s=per_step,
-                   dense_step_ms=1e3 * sum(dense_part) / max(len(dense_part), 1) if dense_part else float("nan"),
-                   sparse_step_ms=1e3 * sum(sparse_part) / len(sparse_part) if sparse_part else float("nan"),
-                   decode_s=loop_s - sum(per_step), compile_s=compile_s, peak_gib=peak)
-        rows.append(row)
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        graphs = _graphs()
+        per_step, loop_s, out = _run_loop(pipe, call, steps, device)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.device(device).type == "cuda" else float("nan")
+        dense_part, sparse_part = per_step[:n_dense], per_step[n_dense:]
+        rows.append(dict(variant=variant, steps=steps, dense_steps=n_dense, loop_s=loop_s, per_step_s=per_step,
+                         dense_step_ms=1e3 * sum(dense_part) / len(dense_part) if dense_part else float("nan"),
+                         sparse_step_ms=1e3 * sum(sparse_part) / len(sparse_part) if sparse_part else float("nan"),
+                         decode_s=loop_s - sum(per_step), compile_s=compile_s, peak_gib=peak,
+                         new_graphs=_graphs() - graphs, device=_device_id(device)))
         outputs[variant] = out
-        log(f"# {name} {variant}: loop {loop_s:.2f} s, compile {compile_s:.1f} s")
-    base = next((r for r in rows if r["variant"] == "dense"), None)
-    for r in rows:
-        r["speedup"] = base["loop_s"] / r["loop_s"] if base else float("nan")
-        if compare and "dense" in outputs:
-            ref = outputs["dense"]
-            r["psnr_db"] = psnr(outputs[r["variant"]], ref)
-            r["max_diff"] = float(abs(torch.as_tensor(outputs[r["variant"]]) - torch.as_tensor(ref)).max())
+        log(f"# {name} {variant}: loop {loop_s:.2f} s, graphs compiled during it: {rows[-1]['new_graphs']}")
+
+    if "dense" in variants:
+        torch._dynamo.reset()
+        tr = pipe.transformer
+        tr.forward = torch.compile(type(tr).forward.__get__(tr), backend=inner, dynamic=False)
+        try:
+            compile_s = warm(1)
+            log(f"# {name} dense: compile (first step) {compile_s:.1f} s")
+            timed("dense", compile_s)
+        finally:
+            tr.__dict__.pop("forward")
+    mine = [v for v in ("hybrid", "gna") if v in variants]
+    if mine:
+        torch._dynamo.reset()
+        hybrid = "hybrid" in mine
+        gna_compile.enable(pipe, dense_steps=1 if hybrid else 0, policy=policy, inner=inner)
+        try:
+            compile_s = warm(2 if hybrid else 1)  # hybrid: one dense and one sparse step
+            log(f"# {name} gna: compile (first steps, {'dense and sparse' if hybrid else 'sparse'}) {compile_s:.1f} s, "
+                f"shared by {' and '.join(mine)}")
+            log(f"# {name} gna: {_rewrites(gna_compile.pipelines.records(pipe))}")
+            for v in mine:
+                gna_compile.set_dense_steps(pipe, dense_steps if v == "hybrid" else 0)
+                timed(v, compile_s)
+        finally:
+            gna_compile.disable(pipe)
+    if compare and "dense" in outputs:
+        for r in rows:
+            r["psnr_db"] = psnr(outputs[r["variant"]], outputs["dense"])
+            r["max_diff"] = float(abs(torch.as_tensor(outputs[r["variant"]]) - torch.as_tensor(outputs["dense"])).max())
     return rows, fam
+
+
+def table(rows, log):
+    """The loop table; speedups against the dense row (when there is one)."""
+    base = next((r for r in rows if r["variant"] == "dense"), None)
+    compare = any("psnr_db" in r for r in rows)
+    hdr = (f"{'variant':<8} {'dense':>5} {'loop s':>8} {'x dense':>7} {'ms/dense step':>13} {'ms/GNA step':>11} "
+           f"{'decode s':>8} {'compile s':>9} {'peak GiB':>8} {'new graphs':>10}"
+           + (f" {'PSNR dB':>8} {'max diff':>8}" if compare else ""))
+    log(hdr)
+    for r in rows:
+        x = base["loop_s"] / r["loop_s"] if base else float("nan")
+        log(f"{r['variant']:<8} {r['dense_steps']:>5} {r['loop_s']:8.2f} {x:7.2f} {r['dense_step_ms']:13.1f} "
+            f"{r['sparse_step_ms']:11.1f} {r['decode_s']:8.2f} {r['compile_s']:9.1f} {r['peak_gib']:8.1f} "
+            f"{r.get('new_graphs', '-'):>10}"
+            + (f" {r.get('psnr_db', float('nan')):8.2f} {r.get('max_diff', float('nan')):8.3g}" if compare else ""))
+
+
+def merge(paths, log):
+    """One table from the JSON of several runs of one model (variants split over commands
+    that would not fit one); the header says which device each ran on."""
+    runs = [json.load(open(p)) for p in paths]
+    keys = {(r["model"], r["size"], r["steps"], r["dense_steps"]) for r in runs}
+    if len(keys) != 1:
+        raise SystemExit(f"--merge: the runs differ in (model, size, steps, dense steps): {sorted(keys)}")
+    rows = [row for r in runs for row in r["rows"]]
+    names = [row["variant"] for row in rows]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--merge: a variant appears twice: {names}")
+    model, size, steps, dense_steps = keys.pop()
+    log(f"# {model} ({size}), merged from {len(paths)} runs: " + "; ".join(
+        f"{os.path.basename(p)}: {', '.join(row['variant'] for row in r['rows'])} on {r.get('device_id', r['device'])}"
+        for p, r in zip(paths, runs)))
+    log(f"sampling loop, {steps} steps, VAE decode included; hybrid: first {dense_steps} steps dense")
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: order[r["variant"]])
+    table(rows, log)
+    return rows
 
 
 def main(argv=None):
@@ -145,7 +225,25 @@ def main(argv=None):
     ap.add_argument("--compare", action="store_true", help="PSNR / max diff of the decoded output vs dense")
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     ap.add_argument("--inner", default="inductor", help="compiler behind Dynamo (aot_eager for CPU smoke runs)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from the JSON of earlier runs "
+                    "(variants split over commands) and exit")
     args = ap.parse_args(argv)
+    lines = []
+
+    def log(s):
+        print(s, flush=True)
+        lines.append(s)
+
+    if args.merge:
+        rows = merge(args.merge, log)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            legend = line_plot(os.path.join(args.out, f"pipelines_{args.model}_merged.png"),
+                               {r["variant"]: [1e3 * s for s in r["per_step_s"]] for r in rows})
+            log(f"per-step time plot (ms per step): pipelines_{args.model}_merged.png: " + "; ".join(legend))
+            with open(os.path.join(args.out, f"pipelines_{args.model}_merged.txt"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+        return 0
     variants = [v for v in args.variants.split(",") if v]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
@@ -154,11 +252,6 @@ def main(argv=None):
     steps = args.steps or full_steps
     fam = next(f for f in FAMILIES if f.name == args.model)
     dense_steps = fam.default_dense_steps(steps) if args.dense_steps is None else args.dense_steps
-    lines = []
-
-    def log(s):
-        print(s, flush=True)
-        lines.append(s)
 
     dev = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
     log(f"# {args.model} ({args.size}), grid {offline.FULL_GRIDS[args.model] if args.size == 'full' else 'small'}, "
@@ -168,21 +261,15 @@ def main(argv=None):
                                            f"share: {dense_steps}/{steps})")
     log("")
     log(f"sampling loop, {steps} steps{note}, VAE decode included; hybrid: first {dense_steps} steps dense")
-    hdr = (f"{'variant':<8} {'dense':>5} {'loop s':>8} {'x dense':>7} {'ms/dense step':>13} {'ms/GNA step':>11} "
-           f"{'decode s':>8} {'compile s':>9} {'peak GiB':>8}" + (f" {'PSNR dB':>8} {'max diff':>8}" if args.compare else ""))
-    log(hdr)
-    for r in rows:
-        log(f"{r['variant']:<8} {r['dense_steps']:>5} {r['loop_s']:8.2f} {r['speedup']:7.2f} {r['dense_step_ms']:13.1f} "
-            f"{r['sparse_step_ms']:11.1f} {r['decode_s']:8.2f} {r['compile_s']:9.1f} {r['peak_gib']:8.1f}"
-            + (f" {r['psnr_db']:8.2f} {r['max_diff']:8.3g}" if args.compare else ""))
+    table(rows, log)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         legend = line_plot(os.path.join(args.out, f"pipelines_{args.model}.png"),
                            {r["variant"]: [1e3 * s for s in r["per_step_s"]] for r in rows})
         log(f"per-step time plot (ms per step): pipelines_{args.model}.png: " + "; ".join(legend))
         with open(os.path.join(args.out, f"pipelines_{args.model}.json"), "w") as f:
-            json.dump(dict(model=args.model, size=args.size, device=dev, steps=steps, dense_steps=dense_steps,
-                           rows=rows), f, indent=1)
+            json.dump(dict(model=args.model, size=args.size, device=dev, device_id=_device_id(args.device),
+                           steps=steps, dense_steps=dense_steps, rows=rows), f, indent=1)
         with open(os.path.join(args.out, f"pipelines_{args.model}.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return 0

@@ -25,6 +25,7 @@ _LAZY = {
     "sim": ("gna_compile.sim", None),
     "enable": ("gna_compile.pipelines", "enable"),
     "disable": ("gna_compile.pipelines", "disable"),
+    "set_dense_steps": ("gna_compile.pipelines", "set_dense_steps"),
 }
 
 __all__ = ["GNA", "GNASpec", "make_spec", "gna_attention", "gna_attention_lse", "dense_attention",

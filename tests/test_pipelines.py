@@ -143,6 +143,32 @@ def test_default_schedule_runs_the_first_steps_dense(monkeypatch):
     assert not dispatch.dense_mode()
 
 
+def test_set_dense_steps_changes_the_schedule_without_recompiling():
+    """set_dense_steps: the next calls run that many first steps dense (None: the family's
+    share again), with no new graph; bad values and a pipeline not enabled are refused."""
+    from gna_compile.kernels import dispatch
+    pipe, call, _ = tp.flux()
+    gna_compile.enable(pipe, dense_steps=1, inner="eager")
+    modes = []
+    orig = pipe.transformer.forward
+    pipe.transformer.forward = lambda *a, **kw: modes.append(dispatch.dense_mode()) or orig(*a, **kw)
+    pipe(**call((4, 6)), num_inference_steps=4, output_type="latent")
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for n, want in ((3, [True] * 3 + [False]), (0, [False] * 4), (None, [True] + [False] * 3)):  # round(9/28*4) = 1
+        modes.clear()
+        gna_compile.set_dense_steps(pipe, n)
+        pipe(**call((4, 6)), num_inference_steps=4, output_type="latent")
+        assert modes == want, (n, modes)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"dense_steps={bad!r}"):
+            gna_compile.set_dense_steps(pipe, bad)
+    pipe.transformer.forward = orig
+    gna_compile.disable(pipe)
+    with pytest.raises(ValueError, match="not enabled"):
+        gna_compile.set_dense_steps(pipe, 1)
+
+
 def test_enable_errors_name_the_argument():
     pipe, _, _ = tp.flux()
     with pytest.raises(ValueError, match="dense_steps=-1"):

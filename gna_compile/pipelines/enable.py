@@ -22,7 +22,7 @@ from ..kernels.dispatch import set_dense_mode
 from ..policy import Policy
 from .families import Family, family_of
 
-__all__ = ["enable", "disable", "backends", "records", "report"]
+__all__ = ["enable", "disable", "set_dense_steps", "backends", "records", "report"]
 
 _STATE = "_gna_state"
 _BACKEND_OPTIONS = ("inner", "hoist_permutations")
@@ -105,9 +105,7 @@ def enable(pipe, *, dense_steps: Optional[int] = None, policy: Optional[Policy] 
     ``records(pipe)`` says why a call stayed dense.
     """
     transformer = _check_pipe(pipe)
-    if dense_steps is not None and (isinstance(dense_steps, bool) or not isinstance(dense_steps, int)
-                                    or dense_steps < 0):
-        raise ValueError(f"dense_steps={dense_steps!r} must be None or an int >= 0")
+    _check_dense_steps(dense_steps)
     policy = Policy() if policy is None else policy
     if not isinstance(policy, Policy):
         raise ValueError(f"policy={policy!r} must be a gna_compile.Policy")
@@ -144,6 +142,23 @@ def enable(pipe, *, dense_steps: Optional[int] = None, policy: Optional[Policy] 
     transformer.forward = forward
     setattr(pipe, _STATE, state)
     pipe.__class__ = _subclass(type(pipe))
+    return pipe
+
+
+def _check_dense_steps(dense_steps):
+    if dense_steps is not None and (isinstance(dense_steps, bool) or not isinstance(dense_steps, int)
+                                    or dense_steps < 0):
+        raise ValueError(f"dense_steps={dense_steps!r} must be None or an int >= 0")
+
+
+def set_dense_steps(pipe, dense_steps: Optional[int]):
+    """Change how many first steps the next pipeline calls run dense (None: the family's
+    share), keeping everything compiled: the schedule is read at run time, so no recompile."""
+    state = getattr(pipe, _STATE, None)
+    if state is None:
+        raise ValueError(f"pipe={type(pipe).__name__} is not enabled (gna_compile.enable was not called on it)")
+    _check_dense_steps(dense_steps)
+    state.dense_steps = dense_steps
     return pipe
 
 

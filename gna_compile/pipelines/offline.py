@@ -100,6 +100,9 @@ def _hunyuan(size, device, dtype):
         latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
         up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
         norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=False)
+    if full:
+        vae.enable_tiling()  # as diffusers' HunyuanVideo docs decode 720p: untiled, one 128-channel
+        # full-resolution activation of 117 frames is 29 GB in bf16
     pipe = diffusers.HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=tr.to(device, dtype),
                                           vae=vae.to(device, dtype), text_encoder_2=None, tokenizer_2=None,
                                           scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0))
