@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from .. import settings
+from .checkpoint_mode import mode_for_call
 from .reference import reference_attention
 
 __all__ = ["KeyMask", "register_backend", "register_backward", "available_backends", "run_gna",
@@ -188,17 +189,34 @@ def run_gna_backward(grad_out, grad_lse, q, k, v, out, lse, spec, extra_prefix, 
 # Hybrid schedule (paper §5): run rewritten calls densely without recompiling. The flag is read
 # inside the opaque custom op at run time, so Dynamo never guards on it.
 _DENSE = threading.local()
+_EVER_DENSE = [False]  # dense mode was switched on at some point in this process (any thread)
 
 
 def dense_mode() -> bool:
     return getattr(_DENSE, "on", False)
 
 
+_LAST = threading.local()
+
+
+def call_mode() -> bool:
+    """The mode one GNA op call runs in; read it exactly once per call. The thread's mode,
+    except in a reentrant checkpoint's recompute, where it is the one the checkpointed forward
+    ran in (checkpoint_mode.py)."""
+    _LAST.mode = mode_for_call(dense_mode, lambda: _EVER_DENSE[0])
+    return _LAST.mode
+
+
+def last_call_mode() -> bool:
+    """The mode of this thread's last GNA op call (for its autograd setup, which runs next)."""
+    return getattr(_LAST, "mode", False)
+
+
 def dense_flag() -> torch.Tensor:
-    """The mode a forward runs in, as a 0-dim CPU bool tensor its backward reads: the backward
-    may run outside the ``dense_attention()`` block, or on autograd's CUDA device thread, where
-    this thread-local flag is not set."""
-    return torch.tensor(dense_mode())
+    """The mode a forward runs in (call_mode), as a 0-dim CPU bool tensor its backward reads:
+    the backward may run outside the ``dense_attention()`` block, or on autograd's CUDA device
+    thread, where the thread-local mode is not set."""
+    return torch.tensor(call_mode())
 
 
 def fake_dense_flag() -> torch.Tensor:
@@ -212,6 +230,7 @@ def dense_attention(enabled: bool = True):
     diffusion steps of a hybrid schedule. Compiled graphs are reused as they are."""
     prev = dense_mode()
     _DENSE.on = enabled
+    _EVER_DENSE[0] = _EVER_DENSE[0] or bool(enabled)
     try:
         yield
     finally:
@@ -223,6 +242,7 @@ def set_dense_mode(on: bool) -> bool:
     changes mode mid-loop, e.g. from a pipeline's step callback; prefer dense_attention())."""
     prev = dense_mode()
     _DENSE.on = bool(on)
+    _EVER_DENSE[0] = _EVER_DENSE[0] or bool(on)
     return prev
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import (KeyMask, dense_flag, dense_mode, dense_sdpa, fake_dense_flag, reference_backward, run_gna,
-                       run_gna_backward)
+from .dispatch import (KeyMask, call_mode, dense_flag, dense_sdpa, fake_dense_flag, last_call_mode,
+                       reference_backward, run_gna, run_gna_backward)
 
 __all__ = ["gna_attention", "gna_attention_lse", "key_mask_2d"]
 
@@ -92,10 +92,11 @@ def _gna_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list[int]
             stride: list[int], dilation: list[int], causal: list[bool], extra_prefix: int,
             extra_suffix: int, scale: float, key_mask: Optional[Tensor], key_mask_spatial: bool,
             q_tile: list[int], kv_tile: list[int], backend: str) -> Tensor:
+    dense = call_mode()
     if q.numel() == 0 or v.shape[-1] == 0:
         return _empty_result(q, v)[0]
     km = _mask_arg(q, key_mask, key_mask_spatial)
-    if dense_mode():
+    if dense:
         return dense_sdpa(q, k, v, scale, None if km is None else KeyMask(km.mask, True)).contiguous()
     spec = _spec(shape, window, stride, dilation, causal)
     return run_gna(q, k, v, spec, extra_prefix, extra_suffix, scale, km, backend,
@@ -163,7 +164,7 @@ def _save_out_op(ctx, inputs, output):
             "gna_compile::gna_attention has no traced backward (it cannot record the dense mode "
             "its forward ran in): call gna_compile.gna_attention(), or gna_compile::gna_attention_lse, "
             "in a compiled graph that needs gradients")
-    _save(ctx, inputs, output, None, dense_flag())
+    _save(ctx, inputs, output, None, torch.tensor(last_call_mode()))  # the mode its body ran in
 
 
 def _grads(ctx, grad_out, grad_lse):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..config import make_spec
-from .dispatch import (KeyMask, dense_flag, dense_mode, dense_sdpa, fake_dense_flag, forced_backend, reference_backward,
+from .dispatch import (KeyMask, call_mode, dense_flag, dense_sdpa, fake_dense_flag, forced_backend, reference_backward,
                        run_gna_backward)
 from .permute import padded_shape, permute_tokens, unpermute_tokens
 from .reference import reference_attention
@@ -172,7 +172,7 @@ def gna_tiled_op(q: Tensor, k: Tensor, v: Tensor, shape: list[int], window: list
                  extra_suffix: int, scale: float, key_mask: Optional[Tensor],
                  key_mask_spatial: bool, q_tile: list[int], kv_tile: list[int], backend: str) -> Tensor:
     """GNA on q/k/v in the tiled order of ``q_tile``; ``key_mask`` stays in natural order."""
-    dense = dense_mode()
+    dense = call_mode()
     spec, args, tiles, km = _call(shape, window, stride, dilation, causal, extra_prefix, extra_suffix,
                                   key_mask, key_mask_spatial, q_tile, kv_tile, q.shape[0], dense)
     if q.numel() == 0:
