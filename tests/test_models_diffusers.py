@@ -1,4 +1,5 @@
-"""diffusers transformers (tiny configs, random weights, CPU, no hub) through the gna backend.
+"""diffusers (and transformers ViT/DINOv2) models, tiny configs, random weights, CPU, no hub,
+through the gna backend.
 
 For each model: every self-attention over visual tokens is rewritten (counted), the compiled
 output equals the eager model whose matching attention calls run the reference GNA op, and
@@ -44,7 +45,56 @@ def allegro():
     return m, kwargs, (3, 4, 4), {}, 2, {}
 
 
-MODELS = {"flux": flux, "hunyuan": hunyuan, "cosmos": cosmos, "cogvideox": cogvideox, "allegro": allegro}
+def sd3():
+    m, kwargs = tiny_diffusers.sd3(grid=(4, 6))
+    return m, kwargs, (4, 6), dict(extra_suffix=5), 2, {}
+
+
+def pixart():
+    m, kwargs = tiny_diffusers.pixart(grid=(4, 6))
+    return m, kwargs, (4, 6), {}, 2, {}
+
+
+def dit():
+    m, kwargs = tiny_diffusers.dit(grid=(4, 4))
+    return m, kwargs, (4, 4), {}, 2, {}
+
+
+def wan():
+    m, kwargs = tiny_diffusers.wan(frames=3, grid=(4, 6))
+    return m, kwargs, (3, 4, 6), {}, 2, {}
+
+
+def latte():  # spatial blocks only: the temporal ones (3 frames per position) are not provable
+    m, kwargs = tiny_diffusers.latte(frames=3, grid=(4, 6))
+    return m, kwargs, (4, 6), {}, 2, {}
+
+
+def ltx():  # packed latents: the layout comes from the policy, as enable() gives it
+    m, kwargs = tiny_diffusers.ltx(frames=3, grid=(4, 6))
+    return m, kwargs, (3, 4, 6), {}, 2, dict(layout=(3, 4, 6))
+
+
+def auraflow():
+    m, kwargs = tiny_diffusers.auraflow(grid=(4, 6), text=5)
+    return m, kwargs, (4, 6), dict(extra_prefix=8 + 5), 2, {}
+
+
+def vit():
+    pytest.importorskip("transformers")
+    m, kwargs = tiny_diffusers.vit(grid=(4, 6))
+    return m, kwargs, (4, 6), dict(extra_prefix=1), 2, {}
+
+
+def dinov2_registers():
+    pytest.importorskip("transformers")
+    m, kwargs = tiny_diffusers.vit(grid=(4, 6), registers=4)
+    return m, kwargs, (4, 6), dict(extra_prefix=5), 2, {}
+
+
+MODELS = {"flux": flux, "hunyuan": hunyuan, "cosmos": cosmos, "cogvideox": cogvideox, "allegro": allegro,
+          "sd3": sd3, "auraflow": auraflow, "pixart": pixart, "dit": dit, "wan": wan, "latte": latte, "ltx": ltx, "vit": vit,
+          "dinov2_registers": dinov2_registers}
 
 
 def compile_run(m, kwargs, policy):
