@@ -104,7 +104,9 @@ def _token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | st
         return _keys_hold(dq, dk, TokenLayout(entries, grids[0], entries[grids[0]][1]))
     why = "; ".join(sorted({g for g in found if isinstance(g, str)}))
     if policy.layout is None:
-        return f"layout not provable ({why}); give Policy(layout=...)"
+        can = any(not _policy_problem(s) and (hint(dim_size(s), shape_env) or 0) > 1 for s in segs)
+        hint_ = "; give Policy(layout=...)" if can else ""
+        return f"layout not provable ({why}){hint_}"
     matches = []
     for i, (s, _) in enumerate(entries):
         n = hint(dim_size(s), shape_env)
@@ -119,7 +121,28 @@ def _token_layout(prov: Provenance, q, k, policy, shape_env) -> TokenLayout | st
         return (f"layout not provable ({why}); Policy(layout=...) matches {len(matches)} of the "
                 f"token segments {sizes} (needs exactly one)")
     i, shape = matches[0]
+    problem = _policy_problem(entries[i][0])
+    if problem:
+        return f"layout not provable ({why}); {problem}"
     return _keys_hold(dq, dk, TokenLayout(entries, i, None, policy_grid=tuple(shape)))
+
+
+# Axes a policy layout may describe: the model's own inputs (packed latents), their channels-
+# first spatial dims, convolution or resampling outputs, parameters. Not "fresh" axes (born at
+# an op with no provenance rule: a gather with computed indices, a sort, a roll, an op the table
+# does not know) nor "bcast" ones (copies of one token): their order is computed inside the
+# graph, so no layout the user states about the model's tokens can vouch for it.
+_POLICY_KINDS = ("input", "image", "conv", "resample", "leaf")
+
+
+def _policy_problem(seg) -> str | None:
+    """Why Policy(layout=...) cannot describe this token segment, or None."""
+    bad = sorted({f"{a.node.target}" if a.kind == "fresh" else f"{a.kind} {a!r}"
+                  for a in atoms_of(seg) if a.kind not in _POLICY_KINDS})
+    if not bad:
+        return None
+    return (f"Policy(layout=...) describes tokens as the model receives them, but these are reordered or made "
+            f"inside the graph ({', '.join(bad)}), so no stated layout can vouch for their order")
 
 
 def _keys_hold(dq, dk, lay: TokenLayout) -> TokenLayout | str:
