@@ -78,7 +78,11 @@ class GNABackend:
             user = inductor_config.joint_custom_pre_pass
 
             def pre_pass(graph):
-                aten.run(graph.owning_module)
+                # Inductor runs this pass on inference graphs and on joint ones (their tangents
+                # are inputs): a joint graph gets the training passes (its GNA forwards saved,
+                # not recomputed, even without a site backward to pair: a user's own op)
+                joint = any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes)
+                aten.run(graph.owning_module, training=joint)
                 if user is not None:
                     user(graph)
             with torch._functorch.config.patch(enable_autograd_cache=False):

@@ -20,9 +20,12 @@ import os
 import secrets
 import warnings
 from importlib import resources
-from importlib.abc import Traversable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # importlib.abc.Traversable is deprecated from Python 3.12
+    from importlib.resources.abc import Traversable
 
 __all__ = ["source_hash", "tag_compile_caches"]
 
@@ -30,7 +33,7 @@ _PREFIX = "gna_compile-"
 _CODE = (".py", ".pyc")
 
 
-def _files(node: Traversable, rel: str = ""):
+def _files(node: "Traversable", rel: str = ""):
     """(relative path, Traversable) of every code file under ``node``, sorted, no __pycache__
     (its .pyc are compiled from the .py we already read)."""
     for child in sorted(node.iterdir(), key=lambda c: c.name):
@@ -42,7 +45,7 @@ def _files(node: Traversable, rel: str = ""):
             yield path, child
 
 
-def source_hash(root: str | Traversable | None = None) -> str | None:
+def source_hash(root: "str | Traversable | None" = None) -> str | None:
     """sha256 (16 hex digits) of every ``.py`` and ``.pyc`` file under ``root`` (default: this
     package, wherever it was imported from), with its relative path; None if there is none."""
     if root is None:

@@ -1,6 +1,6 @@
 """Activation checkpointing recomputes GNA forwards inside the backward, in the backward's
-mode (kernels/checkpoint_mode.py). Reentrant checkpointing (use_reentrant=True): each
-recomputed call runs in the mode its forward ran in; the gradients are checked against the
+mode (kernels/checkpoint_mode.py). torch.utils.checkpoint, reentrant or not: each recomputed
+call runs in the mode its forward ran in; the gradients are checked against the
 same block without checkpointing, run in the forward's mode (dense forwards: against dense
 SDPA), with the backward outside the block, on another thread or inside dense_attention().
 A graph compiled by another backend that recomputes a GNA forward in its backward cannot
@@ -68,14 +68,15 @@ def _in_sparse(loss):
         loss.backward()
 
 
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
 @pytest.mark.parametrize("forward_dense,backward", [(True, _on_thread), (True, _in_sparse), (False, _in_dense)],
                          ids=["dense-fwd,bwd-on-thread", "dense-fwd,bwd-sparse", "sparse-fwd,bwd-dense"])
-def test_reentrant_recompute_runs_in_the_forward_mode(forward_dense, backward):
+def test_recompute_runs_in_the_forward_mode(forward_dense, backward, reentrant):
     torch.manual_seed(0)
     proj = torch.nn.Linear(16, 16)
     x = torch.randn(1, 32, 16, requires_grad=True)  # reentrant checkpointing needs an input that does
     block = _block(proj, _gna)
-    ckpt = lambda x: cp.checkpoint(block, x, use_reentrant=True).square().sum()  # noqa: E731
+    ckpt = lambda x: cp.checkpoint(block, x, use_reentrant=reentrant).square().sum()  # noqa: E731
     got = _grads(proj, ckpt, x, forward_dense, backward)
     plain = lambda x: block(x).square().sum()  # noqa: E731
     want = _grads(proj, plain, x, forward_dense, lambda loss: loss.backward())
@@ -104,6 +105,42 @@ def test_nested_reentrant_checkpoints_each_replay_their_calls():
     sdpa = lambda x: (2 * _block(proj, _sdpa)(x)).square().sum()  # noqa: E731
     torch.testing.assert_close(got, _grads(proj, sdpa, x, False, lambda loss: loss.backward()),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_non_reentrant_recompute_with_frozen_attention_inputs_follows_the_forward():
+    """No GNA input needs gradients (a frozen backbone, a trainable gate after the attention):
+    the GNA op then keeps no autograd record of its own, and the gate's gradient reads the
+    recomputed attention output, which must be the dense forward's (a review's repro: 9.0 off)."""
+    torch.manual_seed(6)
+    proj = torch.nn.Linear(16, 16).requires_grad_(False)
+    gate = torch.nn.Parameter(torch.randn(16))
+    x = torch.randn(1, 32, 16)
+    block = _block(proj, _gna)
+
+    def grads(f, attn_block):
+        gate.grad = None
+        with gna_compile.dense_attention():
+            loss = f(lambda x: (attn_block(x) * gate).square().sum(), x)
+        loss.backward()  # outside the block
+        return gate.grad.clone()
+    got = grads(lambda g, x: cp.checkpoint(g, x, use_reentrant=False), block)
+    want = grads(lambda g, x: g(x), _block(proj, _sdpa))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("outer_reentrant", [False, True], ids=["non-reentrant-outer", "reentrant-outer"])
+def test_mixed_nesting_replays_the_forward_mode(outer_reentrant):
+    """A checkpoint of one kind inside the other: the outer recompute reruns the inner
+    checkpoint's forward, which must record the replayed mode (a review's repro: 7.95 off)."""
+    torch.manual_seed(7)
+    proj = torch.nn.Linear(16, 16)
+    x = torch.randn(1, 32, 16, requires_grad=True)
+    block = _block(proj, _gna)
+    outer = lambda x: cp.checkpoint(block, x, use_reentrant=not outer_reentrant)  # noqa: E731
+    ckpt = lambda x: cp.checkpoint(outer, x, use_reentrant=outer_reentrant).square().sum()  # noqa: E731
+    got = _grads(proj, ckpt, x, True, _on_thread)
+    sdpa = lambda x: _block(proj, _sdpa)(x).square().sum()  # noqa: E731
+    torch.testing.assert_close(got, _grads(proj, sdpa, x, False, lambda loss: loss.backward()), rtol=1e-4, atol=1e-5)
 
 
 def test_a_second_backward_replays_from_the_first_call():
@@ -158,11 +195,13 @@ def test_another_backend_recomputing_a_gna_forward_is_refused():
     x = torch.randn(1, 32, 16, requires_grad=True)
     with gna_compile.dense_attention():
         loss = _compiled_checkpoint(proj, "aot_eager")(x)
-    with pytest.raises(RuntimeError, match="being recomputed inside a backward pass"):
+    with pytest.raises(RuntimeError, match="runs inside a backward pass outside torch.utils.checkpoint"):
         _on_thread(loss)
-    got = _grads(proj, _compiled_checkpoint(proj, gna_compile.backend(inner="eager")), x, True, _on_thread)
     sdpa = lambda x: _block(proj, _sdpa)(x).square().sum()  # noqa: E731
-    torch.testing.assert_close(got, _grads(proj, sdpa, x, False, lambda loss: loss.backward()), rtol=1e-4, atol=1e-5)
+    want = _grads(proj, sdpa, x, False, lambda loss: loss.backward())
+    for inner in ("eager", "inductor"):  # Inductor runs the backend's pass on the joint graph itself
+        got = _grads(proj, _compiled_checkpoint(proj, gna_compile.backend(inner=inner)), x, True, _on_thread)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
 
 

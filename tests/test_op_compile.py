@@ -67,3 +67,31 @@ def test_dense_attention_context_runs_full_attention():
     torch.testing.assert_close(out, ref)
     sparse, _ = dense_attention(q, k, v, dense_mask((4, 5), (2, 3), (1, 2), (1, 1), (False, False), 1, 2), key_mask=km)
     torch.testing.assert_close(_f(q, k, v, km), sparse)
+
+
+def test_user_op_through_the_gna_backend_with_inductor_matches_eager():
+    """A model's own gna_attention() call compiled by backend(inner="inductor"): the backend
+    fills its tiles and hoists it to the tiled op after tracing. Inductor constrained custom
+    ops' list arguments to the traced (empty) tile lists, so the op ran with no tile and
+    raised; the outputs and gradients now equal eager's, with the tiles filled."""
+    torch.manual_seed(1)
+    proj = torch.nn.Linear(16, 16)
+
+    def f(x):
+        q = proj(x).view(1, 32, 2, 8).transpose(1, 2)
+        return gc.gna_attention(q, q, q, (4, 8), (3, 3)).square().sum()
+    x = torch.randn(1, 32, 16)
+    torch._dynamo.reset()
+    be = gc.backend(inner="inductor")
+    cf = torch.compile(f, backend=be)
+    with torch.no_grad():
+        torch.testing.assert_close(cf(x), f(x), rtol=1e-5, atol=1e-5)
+    cf(x).backward()
+    got = proj.weight.grad.clone()
+    proj.zero_grad()
+    f(x).backward()
+    torch.testing.assert_close(got, proj.weight.grad, rtol=1e-4, atol=1e-5)
+    from gna_compile.passes.ops import args_of
+    tiled = [args_of(n) for g in be.graphs for n in g.graph.nodes if "gna_attention_tiled" in str(n.target)]
+    assert tiled and all(list(a["q_tile"]) == [4, 8] for a in tiled), tiled
+    torch._dynamo.reset()

@@ -313,20 +313,22 @@ def test_checkpointed_forwards_are_saved_not_recomputed_in_another_mode():
     assert (proj.weight.grad - got).abs().max() > 1e-3
 
 
-def test_eager_checkpoint_recomputed_in_another_mode_is_refused():
-    """Eager activation checkpointing recomputes the forward in the backward's mode: the same
-    mode trains (dense SDPA's gradients); another mode raises, naming the rule."""
+def test_eager_checkpoint_recompute_follows_the_forward_mode():
+    """Eager activation checkpointing recomputes the forward inside the backward: in the
+    forward's mode (kernels/checkpoint_mode.py), whatever mode the backward runs in, so a dense
+    forward trains with dense SDPA's gradients either way (this raised before)."""
     torch.manual_seed(3)
     proj = torch.nn.Linear(16, 16)
     f = _checkpointed_user_op(proj)
     x = torch.randn(1, 32, 16)
-    with gna_compile.dense_attention():
-        f(x).backward()
-    torch.testing.assert_close(proj.weight.grad, _sdpa_grads(proj, x), rtol=1e-4, atol=1e-5)
-    with gna_compile.dense_attention():
-        loss = f(x)
-    with pytest.raises(RuntimeError, match="activation checkpointing recomputed it"):
-        loss.backward()
+    want = _sdpa_grads(proj, x)
+    for backward_dense in (True, False):
+        proj.zero_grad()
+        with gna_compile.dense_attention():
+            loss = f(x)
+        with gna_compile.dense_attention(backward_dense):
+            loss.backward()
+        torch.testing.assert_close(proj.weight.grad, want, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_inside_a_checkpoint_body_stays_dense_with_the_reason():

@@ -37,7 +37,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .op_rules import order_free_reductions, rule, slice_write, uniform
-from .ops import GETITEM, args_of, op_key
+from .ops import GETITEM, args_of, changed_by_a_pass, op_key
 from .rewrite import GNA_BWD, GNA_LSE_OP, GNA_OP, set_val
 from .sites import SITE_OP
 from .symbolic import divides, hint, same, shape_of, static_int, val
@@ -719,6 +719,7 @@ def _hoist(gm, records, fake_mode) -> HoistResult:
         _RULES.clear()  # the edges changed: later regions read the rules afresh
         for s in seeds:
             s.target = TILED[s.target]
+            changed_by_a_pass(s)
             rec = names.get((s.meta.get("gna") or {}).get("site"))
             if rec is not None:
                 rec.hoisted = True

@@ -13,7 +13,7 @@ import operator
 import torch
 from torch.fx import Node
 
-__all__ = ["op_key", "args_of", "is_op", "tensor_inputs", "GETITEM"]
+__all__ = ["op_key", "args_of", "is_op", "tensor_inputs", "changed_by_a_pass", "GETITEM"]
 
 GETITEM = "getitem"
 
@@ -54,3 +54,11 @@ def args_of(node: Node) -> dict:
 def tensor_inputs(node: Node) -> list[Node]:
     """Input nodes of a call (flattened through lists), in argument order, deduplicated."""
     return list(node.all_input_nodes)
+
+
+def changed_by_a_pass(node: Node) -> None:
+    """Mark a node whose arguments or target a pass changed: AOTAutograd records the values a
+    node was traced with (``meta["eager_input_vals"]``), and Inductor constrains a custom op's
+    arguments to them, zipping list arguments with the recorded ones, so a tile list filled in
+    after tracing came out empty. Without the record Inductor treats the node as a pass's own."""
+    node.meta.pop("eager_input_vals", None)

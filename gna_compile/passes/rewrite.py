@@ -185,7 +185,7 @@ def fill_tiles(graph: Graph) -> None:
     run the same one."""
     from ..config import make_spec
     from ..kernels.tile_choice import choose_tiles
-    from .ops import args_of
+    from .ops import args_of, changed_by_a_pass
     for node in graph.nodes:
         if node.op != "call_function" or node.target not in (GNA_OP, GNA_LSE_OP, GNA_BWD):
             continue
@@ -202,6 +202,7 @@ def fill_tiles(graph: Graph) -> None:
             continue
         a.update(q_tile=list(q_tile), kv_tile=list(kv_tile))
         node.args, node.kwargs = tuple(a[x.name] for x in node.target._schema.arguments), {}
+        changed_by_a_pass(node)
         meta = node.meta.setdefault("gna", {})
         meta.setdefault("module", node.name)
         meta.update(q_tile=tuple(q_tile), kv_tile=tuple(kv_tile))
