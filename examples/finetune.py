@@ -1,7 +1,7 @@
 """Fine-tune a random-weight DiT twice, dense and GNA, on a synthetic denoising task.
 
     python examples/finetune.py [--steps N] [--device cuda] [--size small|medium]
-        [--window T H W] [--stride T H W] [--out DIR]
+        [--window T H W] [--stride T H W] [--profile N] [--out DIR]
 
 Why: the backend's training path (the GNA backward follows the rewritten forward) should be
 usable end to end, not only gradient-exact on one step (tests/test_training.py). Both runs
@@ -11,7 +11,9 @@ level per sample, the model predicting the noise (MSE). The noise level enters t
 text tokens' first feature (TinyVideoDiT has no timestep input).
 
 Prints the median time per step after warm-up (CUDA synchronised) and the final losses of
-both runs; writes ``finetune.png`` (both loss curves) and ``finetune.json`` to ``--out``.
+both runs (``--profile N``: then N more steps under torch.profiler, its top kernels printed,
+to see whether a step is bound by the GPU or the host); writes ``finetune.png`` (both loss
+curves) and ``finetune.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -93,6 +95,17 @@ def train(model, compiled, data, args, device):
     return losses, times
 
 
+def profile_steps(model, compiled, data, args, device, name: str) -> None:
+    """Where a step's device time goes (the top kernels), to explain a per-step ratio."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        train(model, compiled, data, args, device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"# {name}: {args.profile} profiled steps, top kernels by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=70), flush=True)
+
+
 def median_step_ms(times, warmup: int) -> float:
     """Median after the first ``warmup`` steps (compilation); all steps if there are no more."""
     rest = times[warmup:] or times
@@ -134,6 +147,8 @@ def parse_args(argv=None):
     ap.add_argument("--window", type=int, nargs=3, default=None, help="GNA window (default: the size's)")
     ap.add_argument("--stride", type=int, nargs=3, default=None, help="GNA stride (default: the size's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after each run, profile N more steps and print the kernels that take the time")
     ap.add_argument("--out", default=os.environ.get("OUT", "finetune_out"))
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -171,6 +186,8 @@ def main(argv=None) -> int:
             be = gna_compile.backend(Policy(default=GNA(cfg["window"], cfg["stride"])), inner=args.inner)
         compiled = torch.compile(model, backend=be)
         losses, times = train(model, compiled, batches(x0, text, cfg, args.steps, args.seed + 2), args, device)
+        if args.profile:
+            profile_steps(model, compiled, batches(x0, text, cfg, args.profile, args.seed + 3), args, device, name)
         rewritten = None if name == "dense" else sum(r.rewritten for r in be.records)
         runs[name] = dict(losses=losses, step_ms=median_step_ms(times, args.warmup),
                           first_step_s=times[0], rewritten_calls=rewritten)

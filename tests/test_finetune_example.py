@@ -35,3 +35,16 @@ def test_defaults_follow_the_device():
     gpu = ft.parse_args(["--device", "cuda"])
     assert (gpu.steps, gpu.size, gpu.inner, gpu.bf16) == (300, "medium", "inductor", True)
     assert ft.median_step_ms([10.0, 0.001, 0.003, 0.002], warmup=1) == 2.0
+
+
+def test_profile_prints_where_each_run_spends_its_steps(tmp_path, capsys):
+    ft = load_script("examples/finetune.py", "finetune_example")
+    assert ft.main(["--device", "cpu", "--size", "small", "--steps", "2", "--profile", "1",
+                    "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("dense", "gna"):
+        assert f"# {name}: 1 profiled steps, top kernels by self_cpu_time_total" in out, out
+    assert out.count("Self CPU time total") == 2, out
+    # The profiled steps are extra: the recorded curves keep --steps losses.
+    runs = json.loads((tmp_path / "finetune.json").read_text())["runs"]
+    assert all(len(r["losses"]) == 2 for r in runs.values())

@@ -27,6 +27,7 @@ from gna_compile.kernels.dispatch import KeyMask  # noqa: E402
 from gna_compile.kernels.hopper import backward, forward  # noqa: E402
 from gna_compile.kernels.hopper.configs import TritonBwdConfig  # noqa: E402
 from gna_compile.kernels.hopper.triton_bwd_launch import inverse_box_tables  # noqa: E402
+from gna_compile.kernels.hopper import triton_bwd_launch  # noqa: E402
 from gna_compile.kernels.permute import permutation_index, permute_tokens, unpermute_tokens  # noqa: E402
 from gna_compile.mask import dense_mask, key_range  # noqa: E402
 
@@ -232,3 +233,19 @@ def test_why_not_backward():
     assert "kv heads" in backward.why_not_backward(q, q[:, :1].repeat(1, 3, 1, 1), q[:, :1].repeat(1, 3, 1, 1),
                                                    spec, 0, 0, None, None, ((16,), (16,)))
     assert "tile" in backward.why_not_backward(q, q, q, spec, 0, 0, None, None, ((8,), (8,)))
+
+
+def test_inverse_box_tables_are_built_once_per_problem():
+    """The table is cached per problem and device: uploading it on every backward call was a
+    blocking host-to-device copy (a stream sync per call). A different window, stride or tile
+    gets its own table, never a neighbour's."""
+    spec = make_spec((6, 8), (3, 5), (1, 2))
+    a = inverse_box_tables(spec, (2, 4), (2, 4), "cpu")
+    assert inverse_box_tables(make_spec((6, 8), (3, 5), (1, 2)), [2, 4], [2, 4], torch.device("cpu")) is a
+    for other, tiles in ((make_spec((6, 8), (3, 5), (1, 1)), ((2, 4), (2, 4))),
+                         (make_spec((6, 8), (3, 3), (1, 2)), ((2, 4), (2, 4))),
+                         (spec, ((2, 4), (2, 2)))):
+        b = inverse_box_tables(other, *tiles, "cpu")
+        assert b is not a
+        fresh = triton_bwd_launch._host_table(tuple(tuple(d) for d in other.dims()), *tiles)
+        assert torch.equal(b, fresh)

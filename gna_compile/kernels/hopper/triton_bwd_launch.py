@@ -3,6 +3,7 @@ inverse-box host tables, and the three launches (delta, dK/dV, dQ). Tiled order 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,9 +50,22 @@ def why_not(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, k
 
 def inverse_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
     """int32 ``[3, 2, T]``: per (padded) dim and KV tile, the first and last Q tile whose box
-    reaches it (last < first: none). Built from mask.key_range, exact min/max per Q tile."""
-    shape3, tq3, tk3 = C.pad3(spec.shape, 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
-    dims = [(1, 1, 1, 1, False)] * (3 - spec.rank) + list(spec.dims())
+    reaches it (last < first: none). Built from mask.key_range, exact min/max per Q tile.
+
+    Cached per problem and device, read-only: a host-to-device copy on every backward call is
+    a stream synchronisation (a blocking ``.to(device)``), which stalled training steps."""
+    return _device_table(tuple(tuple(d) for d in spec.dims()), tuple(q_tile), tuple(kv_tile), str(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _device_table(dims, q_tile, kv_tile, device: str) -> torch.Tensor:
+    return _host_table(dims, q_tile, kv_tile).to(device)
+
+
+def _host_table(spec_dims, q_tile, kv_tile) -> torch.Tensor:
+    rank = len(spec_dims)
+    shape3, tq3, tk3 = C.pad3([d[0] for d in spec_dims], 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
+    dims = [(1, 1, 1, 1, False)] * (3 - rank) + list(spec_dims)
     nkv = [-(-n // tq) * tq // tk for n, tq, tk in zip(shape3, tq3, tk3)]
     T = max(nkv)
     tab = torch.zeros(3, 2, T, dtype=torch.int32)
@@ -66,7 +80,7 @@ def inverse_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
         for kt in range(nkv[i]):
             if first[kt] is not None:
                 tab[i, 0, kt], tab[i, 1, kt] = first[kt], last[kt]
-    return tab.to(device)
+    return tab
 
 
 def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask, key_mask_grid,
