@@ -66,8 +66,9 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds (median), order rotated")
     ap.add_argument("--out", default=os.environ.get("OUT", ""), help="directory for kernels_backward.json")
     ap.add_argument("--bwd-configs", default="",
-                    help="';'-separated TritonBwdConfig fields 'warps,stages,block_m,block_n': time the "
-                         "tiled backward kernels alone per config and case first (a tuning probe)")
+                    help="';'-separated TritonBwdConfig fields 'warps,stages,block_m,block_n[,split]' (split 1: "
+                         "the full/partial loops): time the tiled backward kernels alone per config "
+                         "and case first (a tuning probe; each config's gradients are checked first)")
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     try:

@@ -249,3 +249,77 @@ def test_inverse_box_tables_are_built_once_per_problem():
         assert b is not a
         fresh = triton_bwd_launch._host_table(tuple(tuple(d) for d in other.dims()), *tiles)
         assert torch.equal(b, fresh)
+
+
+# The split loops (TritonBwdConfig.split): cases whose dK/dV walks take the full loop and every
+# piece of the box minus the full box (A: dim 0 partial; B; C), with extras and GQA.
+SPLIT_CASES = {**CASES, **SUB_CASES,
+               "2d_block_full": ((8, 32), (4, 24), (2, 8), 1, False, (2, 8), (2, 8), 0, 0, 2, 1),
+               "3d_pieces_extras_gqa": ((6, 8, 12), (3, 5, 6), (1, 2, 2), 1, False, (2, 4, 4), (1, 4, 4), 2, 1, 2, 1)}
+
+
+@pytest.mark.parametrize("block", [16, 128])
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_split_loops_match_dense_autograd(name, block):
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    scale = 0.7 * 32 ** -0.5
+    cfg = TritonBwdConfig(8 if CUDA else 4, 2 if CUDA else 1, block, block, split=True)
+    grads = _run(q, k, v, do, spec, qt, kt, P, S, scale, config=cfg)
+    _check(grads, _oracle(q, k, v, do, spec, P, S, scale),
+           _oracle(q, k, v, do, _wrong((shape, w, s, d, c)), P, S, scale), torch.float32)
+
+
+@pytest.mark.skipif(not CUDA, reason="16-bit dots: the GPU run (the CPU tests cover fp32)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_gpu_16bit_split_loops_match_dense_autograd(name, dtype):
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, dtype, D=64, B=2)
+    scale = 0.7 * 64 ** -0.5
+    grads = _run(q, k, v, do, spec, qt, kt, P, S, scale, config=TritonBwdConfig(8, 2, 128, 128, split=True))
+    _check(grads, _oracle(q, k, v, do, spec, P, S, scale),
+           _oracle(q, k, v, do, _wrong((shape, w, s, d, c)), P, S, scale), dtype)
+
+
+def test_split_key_mask_on_grid_keys():
+    """A grid key mask turns the full loops off (their keys may be masked): split gives the
+    masked oracle's grads, not the unmasked problem's."""
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES["2d_block_full"]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    km = (torch.rand(1, q.shape[2], generator=torch.Generator().manual_seed(3)) > 0.3).to(DEV)
+    m = KeyMask(km, spatial=True)
+    tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]
+    out, lse = forward.gna_attention_permuted(*tp[:3], spec, qt, kt, P, S, key_mask=m)
+    cfg = TritonBwdConfig(4, 1, 16, 16, split=True)
+    gt = backward.gna_backward_permuted(*tp[:3], out, lse, tp[3], spec, qt, kt, P, S, key_mask=m, config=cfg)
+    grads = [unpermute_tokens(g, spec.shape, qt, P, S) for g in gt]
+    scale = 32 ** -0.5
+    _check(grads, _oracle(q, k, v, do, spec, P, S, scale, km, True),
+           _oracle(q, k, v, do, spec, P, S, scale), torch.float32)
+
+
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_full_box_tables_are_exactly_the_fully_seen_q_tiles(name):
+    """Per dim and KV tile, the listed Q tiles are exactly those whose every (real) query sees
+    every key of the tile, inside the grid; none is [first, first - 1] of the inverse box.
+    An unmasked pair that holds one masked (query, key) would be a silent wrong gradient."""
+    shape, w, s, d, c, qt, kt, *_ = SPLIT_CASES[name]
+    spec = make_spec(shape, w, s, d, c)
+    box = inverse_box_tables(spec, qt, kt, "cpu")
+    full = triton_bwd_launch.full_box_tables(spec, qt, kt, "cpu")
+    off = 3 - spec.rank
+    for i, (n, wi, si, di, ci) in enumerate(spec.dims()):
+        for j in range(-(-n // qt[i]) * qt[i] // kt[i]):
+            keys = range(j * kt[i], j * kt[i] + kt[i])
+            want = [t for t in range(-(-n // qt[i])) if di == 1 and keys[-1] < n and all(
+                key_range(x, n, wi, si, di, ci)[0] <= keys[0] and keys[-1] <= key_range(x, n, wi, si, di, ci)[1]
+                for x in range(t * qt[i], min(t * qt[i] + qt[i], n)))]
+            lo, hi = int(full[off + i, 0, j]), int(full[off + i, 1, j])
+            if want:
+                assert (lo, hi) == (want[0], want[-1]) and want == list(range(lo, hi + 1)), (i, j, want, lo, hi)
+            else:
+                assert (lo, hi) == (int(box[off + i, 0, j]), int(box[off + i, 0, j]) - 1), (i, j, lo, hi)

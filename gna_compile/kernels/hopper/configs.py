@@ -112,15 +112,21 @@ def triton_candidates(q_tile_tokens: int) -> tuple:
 class TritonBwdConfig:
     """The Triton backward kernels (triton_bwd): one config for the dK/dV and dQ launches.
     ``block_m``: query rows per dK/dV step, ``block_n``: keys per dQ step (each capped at its
-    tile; smaller steps keep the scores beside the [tile, D] fp32 accumulators in registers)."""
+    tile; smaller steps keep the scores beside the [tile, D] fp32 accumulators in registers).
+    ``split``: the forward's loop structure (an unmasked loop over full tiles, then a masked
+    one over the rest, loads at the top of each body) instead of one loop that branches per
+    tile; proven in the interpreter, not yet on the GPU, so no default picks it."""
     num_warps: int = 8
     num_stages: int = 2
     block_m: int = 128
     block_n: int = 128
+    split: bool = False
 
     def __post_init__(self):
         if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
             raise ValueError(f"{self}: num_warps in 1..16 (power of 2), num_stages >= 1")
+        if self.split not in (0, 1):  # 0/1 as --bwd-configs parses it
+            raise ValueError(f"{self}: split must be a bool")
         for name in ("block_m", "block_n"):
             b = getattr(self, name)
             if b not in (16, 32, 64, 128):

@@ -16,9 +16,13 @@ Three kernels:
   extra-token KV tiles; extra-token Q tiles (first programs) see the whole grid.
 
 Tile pairs in the forward's full sub-range (every query of the Q tile sees every key of the KV
-tile, DESIGN.md §2) run without element masks, chosen per pair by a scalar branch; the other
-grid pairs are masked by the window rule (_krange, the same as the forward's), pairs with
-extra tokens by the tails and the key mask. P is rebuilt from the forward's natural-log LSE
+tile, DESIGN.md §2) run without element masks; the other grid pairs are masked by the window
+rule (_krange, the same as the forward's), pairs with extra tokens by the tails and the key
+mask. Two loop structures, by the launch config's ``split`` (constexpr SPLIT): a per-pair
+scalar branch inside one loop over the box (the default), or the forward's two flat loops, the
+full pairs unmasked and then the box minus the full box (_piece_tile), every load at the top of
+its loop body. dK/dV's full Q tiles per KV tile come from a second host table
+(launch.full_box_tables), dQ's full KV tiles from _dim_ranges as in the forward. P is rebuilt from the forward's natural-log LSE
 (converted to base 2); queries that saw no key (LSE = -inf) and padded query rows get P = 0.
 Accumulation is fp32; batch and head offsets are int64.
 """
@@ -118,7 +122,39 @@ def _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d
 
 
 @triton.jit
-def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, DK, DV,
+def _piece_tile(t, nA, nB, x0, x1, x2, cl0, cl1, cl2, fl0, fl1, fl2, fh0, fh1, fh2):
+    """Tile (c0, c1, c2) at position (x0, x1, x2) of step ``t`` in the walk over a box minus its
+    full sub-box, the forward's partial-loop decomposition: A (dim 0 outside F0), then B (F0 x
+    dim 1 outside F1), then C (F0 x F1 x dim 2 outside F2); a split dim maps x to the low
+    interval [c_lo, f_lo) and then the high one (f_hi, c_hi]. An empty full box must be
+    [c_lo, c_lo - 1] in every dim."""
+    inA = t < nA
+    inB = (t >= nA) & (t < nA + nB)
+    inAB = t < nA + nB
+    r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
+    r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
+    r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
+    c0 = tl.where(inA, r0, fl0 + x0)
+    c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
+    c2 = tl.where(inAB, cl2 + x2, r2)
+    return c0, c1, c2
+
+
+@triton.jit
+def _piece_next(t, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2):
+    """Position after step ``t`` of _piece_tile's walk (reset where a piece ends)."""
+    inA = t < nA
+    inB = (t >= nA) & (t < nA + nB)
+    inAB = t < nA + nB
+    E1 = tl.maximum(tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1)), 1)
+    E2 = tl.maximum(tl.where(inAB, ev2, ev2 - ef2), 1)
+    x0, x1, x2 = _odometer_step(x0, x1, x2, 0, 0, E1, E2)
+    piece_end = (t + 1 == nA) | (t + 1 == nA + nB)
+    return tl.where(piece_end, 0, x0), tl.where(piece_end, 0, x1), tl.where(piece_end, 0, x2)
+
+
+@triton.jit
+def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, FT, DK, DV,
                   sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, slb, slh,
                   sxb, sxh, skmb, sdkb, sdkh, sdkn, sdvb, sdvh, sdvn, sqt,
                   G, P, S, NG, NT1, NT2, NK1, NK2, n_extra_kv,
@@ -127,11 +163,17 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, DK, DV,
                   TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, SUB_M: tl.constexpr,
                   C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
-                  KM_GRID: tl.constexpr, HAS_KM: tl.constexpr, HAS_EXTRA: tl.constexpr):
+                  KM_GRID: tl.constexpr, HAS_KM: tl.constexpr, HAS_EXTRA: tl.constexpr,
+                  SPLIT: tl.constexpr):
     """dK, dV of one KV tile of one kv head: Q tiles of the inverse box, x the GQA group's
     heads, then the extra-token queries, ``SUB_M`` query rows per step (the [SUB_M, BN]
     scores stay small beside the [BN, D] accumulators). Extra-token KV tiles (pid <
-    n_extra_kv) take every Q tile with the whole grid as box."""
+    n_extra_kv) take every Q tile with the whole grid as box.
+
+    SPLIT: as the forward, one flat unmasked loop over the Q tiles that see all of this KV
+    tile (``FT``, full_box_tables), then one masked loop over the rest of the box, every load
+    at the top of its loop body (what Triton's pipeliner can overlap). Else one loop over the
+    box with a per-tile branch between the two paths, the loads inside the branch."""
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
     b = tl.program_id(2)
@@ -183,42 +225,107 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, DK, DV,
     dk = tl.zeros([BN, D], dtype=tl.float32)
     dv = tl.zeros([BN, D], dtype=tl.float32)
     nq = (qh0 - ql0 + 1) * (qh1 - ql1 + 1) * (qh2 - ql2 + 1)
+    if SPLIT:
+        # Full Q-tile box [fq, gq] per dim; none ([ql, ql - 1]) for extra-token KV tiles and
+        # with a key mask on grid keys (their keys may be masked).
+        fq0 = tl.load(FT + kt0)
+        gq0 = tl.load(FT + sqt + kt0)
+        fq1 = tl.load(FT + 2 * sqt + kt1)
+        gq1 = tl.load(FT + 3 * sqt + kt1)
+        fq2 = tl.load(FT + 4 * sqt + kt2)
+        gq2 = tl.load(FT + 5 * sqt + kt2)
+        no_full = is_x
+        if KM_GRID:
+            no_full = pid >= 0
+        fq0 = tl.where(no_full, ql0, fq0)
+        fq1 = tl.where(no_full, ql1, fq1)
+        fq2 = tl.where(no_full, ql2, fq2)
+        gq0 = tl.where(no_full, ql0 - 1, gq0)
+        gq1 = tl.where(no_full, ql1 - 1, gq1)
+        gq2 = tl.where(no_full, ql2 - 1, gq2)
+        ef0 = gq0 - fq0 + 1
+        ef1 = gq1 - fq1 + 1
+        ef2 = gq2 - fq2 + 1
+        ev1 = qh1 - ql1 + 1
+        ev2 = qh2 - ql2 + 1
+        n_full = ef0 * ef1 * ef2
+        nA = (qh0 - ql0 + 1 - ef0) * ev1 * ev2
+        nB = ef0 * (ev1 - ef1) * ev2
+        n_part = nq - n_full
     for g in range(0, G):
         h64 = (kvh * G + g).to(tl.int64)
         q_base = Q + b64 * sqb + h64 * sqh
         do_base = DO + b64 * sdb + h64 * sdh
         l_base = LSE + b64 * slb + h64 * slh
         x_base = DELTA + b64 * sxb + h64 * sxh
-        c0 = ql0
-        c1 = ql1
-        c2 = ql2
-        for t in range(0, nq):
-            _, _, fl0, fh0 = _dim_ranges(c0, n0, w0, s0, d0, TQ0, TK0, C0, DIL)
-            _, _, fl1, fh1 = _dim_ranges(c1, n1, w1, s1, d1, TQ1, TK1, C1, DIL)
-            _, _, fl2, fh2 = _dim_ranges(c2, n2, w2, s2, d2, TQ2, TK2, C2, DIL)
-            full = ((kt0 >= fl0) & (kt0 <= fh0) & (kt1 >= fl1) & (kt1 <= fh1) & (kt2 >= fl2) & (kt2 <= fh2)
-                    & (pid >= n_extra_kv))
-            if KM_GRID:
-                full = pid < 0
-            row0 = P + ((c0 * NT1 + c1) * NT2 + c2) * BM
-            if full:
-                for sub in range(0, BM // SUB_M):
-                    q_rows = row0 + sub * SUB_M + offs_m
-                    q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows,
-                                                      q_rows >= 0, sqn, sdn, offs_d)
-                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
-            else:
-                for sub in range(0, BM // SUB_M):
-                    a0, a1, a2 = _tile_coords(c0, c1, c2, sub * SUB_M + offs_m, TQ0, TQ1, TQ2)
-                    q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
-                    q_rows = row0 + sub * SUB_M + offs_m
-                    q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_ok,
-                                                      sqn, sdn, offs_d)
-                    mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
-                                        d0, d1, d2, C0, C1, C2, DIL)
-                    mask = (mask | is_x) & kin[None, :]
-                    dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
-            c0, c1, c2 = _odometer_step(c0, c1, c2, ql1, ql2, qh1 + 1, qh2 + 1)
+        if SPLIT:
+            c0 = fq0
+            c1 = fq1
+            c2 = fq2
+            for t in range(0, n_full * (BM // SUB_M)):
+                sub = t % (BM // SUB_M)
+                a0, a1, a2 = _tile_coords(c0, c1, c2, sub * SUB_M + offs_m, TQ0, TQ1, TQ2)
+                q_rows = P + ((c0 * NT1 + c1) * NT2 + c2) * BM + sub * SUB_M + offs_m
+                q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows,
+                                                  (a0 < n0) & (a1 < n1) & (a2 < n2), sqn, sdn, offs_d)
+                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
+                u0, u1, u2 = _odometer_step(c0, c1, c2, fq1, fq2, gq1 + 1, gq2 + 1)
+                last = sub == (BM // SUB_M) - 1
+                c0 = tl.where(last, u0, c0)
+                c1 = tl.where(last, u1, c1)
+                c2 = tl.where(last, u2, c2)
+            x0 = 0
+            x1 = 0
+            x2 = 0
+            for t in range(0, n_part * (BM // SUB_M)):
+                tt = t // (BM // SUB_M)
+                sub = t % (BM // SUB_M)
+                c0, c1, c2 = _piece_tile(tt, nA, nB, x0, x1, x2, ql0, ql1, ql2, fq0, fq1, fq2, gq0, gq1, gq2)
+                a0, a1, a2 = _tile_coords(c0, c1, c2, sub * SUB_M + offs_m, TQ0, TQ1, TQ2)
+                q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
+                q_rows = P + ((c0 * NT1 + c1) * NT2 + c2) * BM + sub * SUB_M + offs_m
+                q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_ok,
+                                                  sqn, sdn, offs_d)
+                mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
+                                    d0, d1, d2, C0, C1, C2, DIL)
+                mask = (mask | is_x) & kin[None, :]
+                dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+                y0, y1, y2 = _piece_next(tt, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2)
+                last = sub == (BM // SUB_M) - 1
+                x0 = tl.where(last, y0, x0)
+                x1 = tl.where(last, y1, x1)
+                x2 = tl.where(last, y2, x2)
+        else:
+            c0 = ql0
+            c1 = ql1
+            c2 = ql2
+            for t in range(0, nq):
+                _, _, fl0, fh0 = _dim_ranges(c0, n0, w0, s0, d0, TQ0, TK0, C0, DIL)
+                _, _, fl1, fh1 = _dim_ranges(c1, n1, w1, s1, d1, TQ1, TK1, C1, DIL)
+                _, _, fl2, fh2 = _dim_ranges(c2, n2, w2, s2, d2, TQ2, TK2, C2, DIL)
+                full = ((kt0 >= fl0) & (kt0 <= fh0) & (kt1 >= fl1) & (kt1 <= fh1) & (kt2 >= fl2) & (kt2 <= fh2)
+                        & (pid >= n_extra_kv))
+                if KM_GRID:
+                    full = pid < 0
+                row0 = P + ((c0 * NT1 + c1) * NT2 + c2) * BM
+                if full:
+                    for sub in range(0, BM // SUB_M):
+                        q_rows = row0 + sub * SUB_M + offs_m
+                        q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows,
+                                                          q_rows >= 0, sqn, sdn, offs_d)
+                        dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
+                else:
+                    for sub in range(0, BM // SUB_M):
+                        a0, a1, a2 = _tile_coords(c0, c1, c2, sub * SUB_M + offs_m, TQ0, TQ1, TQ2)
+                        q_ok = (a0 < n0) & (a1 < n1) & (a2 < n2)
+                        q_rows = row0 + sub * SUB_M + offs_m
+                        q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows, q_ok,
+                                                          sqn, sdn, offs_d)
+                        mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
+                                            d0, d1, d2, C0, C1, C2, DIL)
+                        mask = (mask | is_x) & kin[None, :]
+                        dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+                c0, c1, c2 = _odometer_step(c0, c1, c2, ql1, ql2, qh1 + 1, qh2 + 1)
         if HAS_EXTRA:
             # Extra-token queries see every key: prefix rows, then suffix rows.
             nxp = (P + SUB_M - 1) // SUB_M
@@ -252,10 +359,12 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
                 TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, SUB_N: tl.constexpr,
                 C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, DIL: tl.constexpr,
-                KM_GRID: tl.constexpr, HAS_KM: tl.constexpr, HAS_EXTRA: tl.constexpr):
+                KM_GRID: tl.constexpr, HAS_KM: tl.constexpr, HAS_EXTRA: tl.constexpr,
+                SPLIT: tl.constexpr):
     """dQ of one Q tile of one head: the forward's KV box (full pairs unmasked), then the
     extra-token KV tiles, ``SUB_N`` keys per step. Extra-token Q tiles (pid <
-    n_extra_tiles) take the whole grid."""
+    n_extra_tiles) take the whole grid. SPLIT: the forward's loops (full tiles, then the
+    box minus them), as in _gna_bwd_dkdv; else one loop with a per-tile branch."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -297,33 +406,92 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
                                       DELTA + b64 * sxb + h64 * sxh, q_rows, q_ok, sqn, sdn, offs_d)
     dq = tl.zeros([BM, D], dtype=tl.float32)
     nk = (ch0 - cl0 + 1) * (ch1 - cl1 + 1) * (ch2 - cl2 + 1)
-    c0 = cl0
-    c1 = cl1
-    c2 = cl2
-    for t in range(0, nk):
-        row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, False)
-        full = ((c0 >= fl0) & (c0 <= fh0) & (c1 >= fl1) & (c1 <= fh1) & (c2 >= fl2) & (c2 <= fh2)
-                & (pid >= n_extra_tiles))
+    if SPLIT:
+        # The full sub-box; none ([cl, cl - 1]) for extra-token Q tiles (their box is the
+        # whole grid, padding keys included) and with a key mask on grid keys.
+        no_full = is_x
         if KM_GRID:
-            full = pid < 0
-        if full:
-            for sub in range(0, BN // SUB_N):
-                rows = row0 + sub * SUB_N + offs_n
-                dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, offs_n >= 0, skn, svn, offs_d,
-                              qk_scale, None, False)
-        else:
-            for sub in range(0, BN // SUB_N):
-                rows = row0 + sub * SUB_N + offs_n
-                k0, k1, k2 = _tile_coords(c0, c1, c2, sub * SUB_N + offs_n, TK0, TK1, TK2)
-                kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
-                if KM_GRID:
-                    kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
-                mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
-                                    d0, d1, d2, C0, C1, C2, DIL)
-                mask = (mask | is_x) & kin[None, :]
-                dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d,
-                              qk_scale, mask, True)
-        c0, c1, c2 = _odometer_step(c0, c1, c2, cl1, cl2, ch1 + 1, ch2 + 1)
+            no_full = pid >= 0
+        fl0 = tl.where(no_full, cl0, fl0)
+        fl1 = tl.where(no_full, cl1, fl1)
+        fl2 = tl.where(no_full, cl2, fl2)
+        fh0 = tl.where(no_full, cl0 - 1, fh0)
+        fh1 = tl.where(no_full, cl1 - 1, fh1)
+        fh2 = tl.where(no_full, cl2 - 1, fh2)
+        ef0 = fh0 - fl0 + 1
+        ef1 = fh1 - fl1 + 1
+        ef2 = fh2 - fl2 + 1
+        ev1 = ch1 - cl1 + 1
+        ev2 = ch2 - cl2 + 1
+        n_full = ef0 * ef1 * ef2
+        nA = (ch0 - cl0 + 1 - ef0) * ev1 * ev2
+        nB = ef0 * (ev1 - ef1) * ev2
+        n_part = nk - n_full
+        c0 = fl0
+        c1 = fl1
+        c2 = fl2
+        for t in range(0, n_full * (BN // SUB_N)):
+            sub = t % (BN // SUB_N)
+            row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, False)
+            rows = row0 + sub * SUB_N + offs_n
+            dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, offs_n >= 0, skn, svn, offs_d,
+                          qk_scale, None, False)
+            u0, u1, u2 = _odometer_step(c0, c1, c2, fl1, fl2, fh1 + 1, fh2 + 1)
+            last = sub == (BN // SUB_N) - 1
+            c0 = tl.where(last, u0, c0)
+            c1 = tl.where(last, u1, c1)
+            c2 = tl.where(last, u2, c2)
+        x0 = 0
+        x1 = 0
+        x2 = 0
+        for t in range(0, n_part * (BN // SUB_N)):
+            tt = t // (BN // SUB_N)
+            sub = t % (BN // SUB_N)
+            c0, c1, c2 = _piece_tile(tt, nA, nB, x0, x1, x2, cl0, cl1, cl2, fl0, fl1, fl2, fh0, fh1, fh2)
+            row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, False)
+            rows = row0 + sub * SUB_N + offs_n
+            k0, k1, k2 = _tile_coords(c0, c1, c2, sub * SUB_N + offs_n, TK0, TK1, TK2)
+            kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
+            if KM_GRID:
+                kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+            mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
+                                d0, d1, d2, C0, C1, C2, DIL)
+            mask = (mask | is_x) & kin[None, :]
+            dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d,
+                          qk_scale, mask, True)
+            y0, y1, y2 = _piece_next(tt, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2)
+            last = sub == (BN // SUB_N) - 1
+            x0 = tl.where(last, y0, x0)
+            x1 = tl.where(last, y1, x1)
+            x2 = tl.where(last, y2, x2)
+    else:
+        c0 = cl0
+        c1 = cl1
+        c2 = cl2
+        for t in range(0, nk):
+            row0 = _tile_row(c0, c1, c2, n1, n2, NT1, NT2, P, TQ0, TQ1, TQ2, TK0, TK1, TK2, BM, False)
+            full = ((c0 >= fl0) & (c0 <= fh0) & (c1 >= fl1) & (c1 <= fh1) & (c2 >= fl2) & (c2 <= fh2)
+                    & (pid >= n_extra_tiles))
+            if KM_GRID:
+                full = pid < 0
+            if full:
+                for sub in range(0, BN // SUB_N):
+                    rows = row0 + sub * SUB_N + offs_n
+                    dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, offs_n >= 0, skn, svn, offs_d,
+                                  qk_scale, None, False)
+            else:
+                for sub in range(0, BN // SUB_N):
+                    rows = row0 + sub * SUB_N + offs_n
+                    k0, k1, k2 = _tile_coords(c0, c1, c2, sub * SUB_N + offs_n, TK0, TK1, TK2)
+                    kin = (k0 < n0) & (k1 < n1) & (k2 < n2)
+                    if KM_GRID:
+                        kin = kin & (tl.load(km_base + rows, mask=kin, other=0) != 0)
+                    mask = _window_mask(a0, a1, a2, k0, k1, k2, n0, n1, n2, w0, w1, w2, s0, s1, s2,
+                                        d0, d1, d2, C0, C1, C2, DIL)
+                    mask = (mask | is_x) & kin[None, :]
+                    dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d,
+                                  qk_scale, mask, True)
+            c0, c1, c2 = _odometer_step(c0, c1, c2, cl1, cl2, ch1 + 1, ch2 + 1)
     if HAS_EXTRA:
         nxp = (P + SUB_N - 1) // SUB_N
         nx = nxp + (S + SUB_N - 1) // SUB_N

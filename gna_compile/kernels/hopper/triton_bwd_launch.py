@@ -14,7 +14,7 @@ from . import constants as C
 from .configs import TritonBwdConfig
 from .triton_bwd import _gna_bwd_delta, _gna_bwd_dkdv, _gna_bwd_dq
 
-__all__ = ["why_not", "inverse_box_tables", "launch"]
+__all__ = ["why_not", "inverse_box_tables", "full_box_tables", "launch"]
 
 
 def why_not(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, key_mask) -> str | None:
@@ -83,6 +83,44 @@ def _host_table(spec_dims, q_tile, kv_tile) -> torch.Tensor:
     return tab
 
 
+def full_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
+    """int32 ``[3, 2, T]``, beside inverse_box_tables: per (padded) dim and KV tile, the first
+    and last Q tile of which every query sees every key of the KV tile (the dK/dV kernel's
+    unmasked loop); none as ``[first, first - 1]`` with ``first`` the inverse box's, the
+    convention the kernels' box-minus-full walk needs. Exact (brute force over key_range), and
+    empty where the set is not an interval, where the KV tile reaches past the grid (padding
+    keys) or with dilation: an unmasked pair must never hold a masked (query, key)."""
+    return _device_full_table(tuple(tuple(d) for d in spec.dims()), tuple(q_tile), tuple(kv_tile), str(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _device_full_table(dims, q_tile, kv_tile, device: str) -> torch.Tensor:
+    return _host_full_table(dims, q_tile, kv_tile).to(device)
+
+
+def _host_full_table(spec_dims, q_tile, kv_tile) -> torch.Tensor:
+    rank = len(spec_dims)
+    shape3, tq3, tk3 = C.pad3([d[0] for d in spec_dims], 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
+    dims = [(1, 1, 1, 1, False)] * (3 - rank) + list(spec_dims)
+    box = _host_table(spec_dims, q_tile, kv_tile)
+    tab = torch.zeros_like(box)
+    tab[:, 0] = box[:, 0]
+    tab[:, 1] = box[:, 0] - 1
+    for i, ((n, w, s, d, c), tq, tk) in enumerate(zip(dims, tq3, tk3)):
+        if d != 1:
+            continue
+        ranges = [key_range(x, n, w, s, d, c) for x in range(n)]
+        for kt in range(-(-n // tq) * tq // tk):
+            k_lo, k_hi = kt * tk, kt * tk + tk - 1
+            if k_hi >= n:
+                continue
+            full = [qt for qt in range(-(-n // tq))
+                    if all(ranges[x][0] <= k_lo and k_hi <= ranges[x][1] for x in range(qt * tq, min(qt * tq + tq, n)))]
+            if full and full == list(range(full[0], full[-1] + 1)):
+                tab[i, 0, kt], tab[i, 1, kt] = full[0], full[-1]
+    return tab
+
+
 def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask, key_mask_grid,
            config: TritonBwdConfig, grad_lse=None):
     """``(dq, dk, dv)`` in tiled order; dk/dv have k's and v's shapes. ``grad_lse`` (the LSE's
@@ -143,9 +181,11 @@ def launch(q, k, v, out, lse, dout, spec, q_tile, kv_tile, P, S, scale, key_mask
               lse.stride(0), lse.stride(1), delta.stride(0), delta.stride(1), km.stride(0))
     problem = (*shape3, *win3, *str3, *dil3, scale * C.LOG2E, scale)
     tab = inverse_box_tables(spec, q_tile, kv_tile, q.device)
+    full_tab = full_box_tables(spec, q_tile, kv_tile, q.device) if config.split else tab
+    meta["SPLIT"] = bool(config.split)
     n_extra_kv = -(-P // BN) + -(-S // BN)
     _gna_bwd_dkdv[(n_extra_kv + math.prod(nk), Hkv, B)](
-        q, k, v, dout, lse, delta, km, tab, dk, dv, *common,
+        q, k, v, dout, lse, delta, km, tab, full_tab, dk, dv, *common,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), tab.stride(1),
         H // Hkv, P, S, NG, nt[1], nt[2], nk[1], nk[2], n_extra_kv, *problem, SUB_M=sub_m, **meta, **opts)
     n_extra_q = -(-P // BM) + -(-S // BM)
