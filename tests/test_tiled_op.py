@@ -103,3 +103,37 @@ def test_tiled_backward_in_dense_mode_equals_the_natural_op():
     for g, w, leaf in zip(got, want, leaves):
         torch.testing.assert_close(OPS.unpermute_tokens(g, *args), w)
         torch.testing.assert_close(w, leaf.grad)
+
+
+def test_triton_path_takes_inputs_without_a_unit_last_stride(monkeypatch):
+    """Inductor may give a pass-made op any layout; a transposed q/k/v (last stride != 1)
+    must give the contiguous inputs' result, not a launch error (the kernels' own check)."""
+    import os
+
+    import pytest
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    from gna_compile.config import make_spec
+    from gna_compile.kernels import tiled_op
+    monkeypatch.setenv("GNA_TRITON_ON_CPU", "1")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    spec = make_spec((4, 8), (3, 5), (1, 2))
+    tiles = ((2, 8), (2, 8))
+    P, S = 2, 3
+    N = tiled_length(spec.shape, tiles[0], P, S)
+    g = torch.Generator().manual_seed(0)
+    # [B, H, D, N] made then viewed as [B, H, N, D]: stride(-1) = N
+    q, k, v, do = (torch.randn(1, 2, 32, N, generator=g).to(dev, dtype).transpose(-1, -2) for _ in range(4))
+    assert q.stride(-1) != 1
+    got = tiled_op._fast_tiled(q, k, v, spec, tiles, P, S, None, None)
+    want = tiled_op._fast_tiled(*(t.contiguous() for t in (q, k, v)), spec, tiles, P, S, None, None)
+    assert got is not None and want is not None
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    grads = tiled_op._fast_tiled_backward(do, None, q, k, v, None, None, spec, tiles, P, S, None, None)
+    ref = tiled_op._fast_tiled_backward(do.contiguous(), None, *(t.contiguous() for t in (q, k, v)), None, None,
+                                        spec, tiles, P, S, None, None)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)

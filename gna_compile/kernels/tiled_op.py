@@ -124,6 +124,9 @@ def _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km):
         return None
     if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:
         return None
+    # The kernels read rows with a unit last stride. Inductor may hand a pass-made op any
+    # layout (no recorded eager strides to match), e.g. a transposed view.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return gna_attention_permuted(q, k, v, spec, *tiles, extra_prefix, extra_suffix, scale, km)
 
 
