@@ -137,3 +137,26 @@ def test_triton_path_takes_inputs_without_a_unit_last_stride(monkeypatch):
                                         spec, tiles, P, S, None, None)
     for a, b in zip(grads, ref):
         torch.testing.assert_close(a, b)
+
+
+def test_tma_descriptors_only_on_16_byte_aligned_kv():
+    """TMA needs a 16-byte aligned base: a contiguous K/V starting 2 elements into its storage
+    takes the pointer loads instead (a descriptor there is an error or a misread)."""
+    import pytest
+    pytest.importorskip("triton")
+    from gna_compile.config import make_spec
+    from gna_compile.kernels.hopper import triton_launch
+    spec = make_spec((4, 8), (3, 5), (1, 2))
+    qt, kt = (2, 8), (2, 8)
+    N = tiled_length(spec.shape, qt, 0, 0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.zeros(1, 2, N, 32, device=dev, dtype=torch.float16)
+    out, lse = torch.empty_like(q), torch.empty(1, 2, N, device=dev)
+
+    def uses_tma(k, v):
+        return triton_launch.launch_args(q, k, v, spec, qt, kt, 0, 0, None, None, False, False, out, lse,
+                                         tma=True)[2]["TMA"]
+    assert uses_tma(torch.zeros_like(q), torch.zeros_like(q))
+    shifted = torch.zeros(q.numel() + 2, device=dev, dtype=q.dtype)[2:].view(q.shape)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16
+    assert not uses_tma(shifted, torch.zeros_like(q)) and not uses_tma(torch.zeros_like(q), shifted)

@@ -80,6 +80,7 @@ def launch_args(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scal
                 NAT=bool(natural), KM_GRID=bool(key_mask is not None and key_mask_grid),
                 HAS_KM=key_mask is not None, HAS_EXTRA_KV=(P + S) > 0, HAS_EXTRA_Q=(P + S) > 0)
     use_tma = ((not natural) and tma and k.is_contiguous() and v.is_contiguous()
+               and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0  # TMA's base alignment
                and B * Hkv * N < 2 ** 31)  # TMA coordinates are int32
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
