@@ -323,3 +323,49 @@ def test_full_box_tables_are_exactly_the_fully_seen_q_tiles(name):
                 assert (lo, hi) == (want[0], want[-1]) and want == list(range(lo, hi + 1)), (i, j, want, lo, hi)
             else:
                 assert (lo, hi) == (int(box[off + i, 0, j]), int(box[off + i, 0, j]) - 1), (i, j, lo, hi)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["branch", "split"])
+@pytest.mark.parametrize("name,case", [
+    ("1d_full", ((20,), 20, 1, 1, False, (16,), (16,), 2, 1, 2, 1)),
+    ("2d_full", ((6, 13), (6, 13), 1, 1, False, (2, 8), (2, 8), 0, 0, 2, 2)),
+    ("2d_causal", ((5, 8), (3, 4), (1, 2), 1, (True, False), (2, 8), (2, 8), 0, 3, 4, 2))])
+def test_tiled_padding_rows_holding_values_change_nothing(name, case, split):
+    """A caller's tiled tensors may hold anything in their padding rows (a model kept in tiled
+    order between calls): the gradients of the real rows and the zero padding rows of the
+    result must not depend on them (the full-pair loop read them: dK 210x off, a review)."""
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = case
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]
+    pad = P + torch.nonzero(permutation_index(spec.shape, qt) < 0)[:, 0]
+    assert len(pad) > 0
+    for t in (tp[0], tp[3]):
+        t[:, :, pad] = 3.0
+    out, lse = forward.gna_forward(*tp[:3], spec, qt, kt, P, S, None, natural=False)
+    cfg = TritonBwdConfig(8 if CUDA else 4, 2 if CUDA else 1, 16, 16, split=split)
+    gt = backward.gna_backward(*tp[:3], out, lse, tp[3], spec, qt, kt, P, S, natural=False, config=cfg)
+    assert all((g[:, :, pad] == 0).all() for g in gt)
+    grads = [unpermute_tokens(g, spec.shape, qt, P, S) for g in gt]
+    r = len(shape)
+    narrower = make_spec(shape, tuple(max(x - 1, 1) for x in ((w,) * r if isinstance(w, int) else w)), s, d, c)
+    _check(grads, _oracle(q, k, v, do, spec, P, S, 32 ** -0.5),
+           _oracle(q, k, v, do, narrower, P, S, 32 ** -0.5), torch.float32)
+
+
+@pytest.mark.parametrize("km_grid", [False, True], ids=["extra-keys-masked", "grid-keys-masked"])
+def test_split_loops_with_extra_tokens_and_a_key_mask(km_grid):
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES["3d_pieces_extras_gqa"]
+    spec = make_spec(shape, w, s, d, c)
+    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
+    km = (torch.rand(1, q.shape[2], generator=torch.Generator().manual_seed(4)) > 0.3).to(DEV)
+    km[:, 0] = False  # a masked prefix key
+    cfg = TritonBwdConfig(4, 1, 16, 16, split=True)
+    m = KeyMask(km, spatial=km_grid)
+    tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]
+    out, lse = forward.gna_attention_permuted(*tp[:3], spec, qt, kt, P, S, key_mask=m)
+    gt = backward.gna_backward_permuted(*tp[:3], out, lse, tp[3], spec, qt, kt, P, S, key_mask=m, config=cfg)
+    grads = [unpermute_tokens(g, spec.shape, qt, P, S) for g in gt]
+    scale = 32 ** -0.5
+    _check(grads, _oracle(q, k, v, do, spec, P, S, scale, km, km_grid),
+           _oracle(q, k, v, do, spec, P, S, scale), torch.float32)

@@ -127,6 +127,7 @@ class TritonBwdConfig:
             raise ValueError(f"{self}: num_warps in 1..16 (power of 2), num_stages >= 1")
         if self.split not in (0, 1):  # 0/1 as --bwd-configs parses it
             raise ValueError(f"{self}: split must be a bool")
+        object.__setattr__(self, "split", bool(self.split))
         for name in ("block_m", "block_n"):
             b = getattr(self, name)
             if b not in (16, 32, 64, 128):

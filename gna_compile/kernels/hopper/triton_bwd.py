@@ -126,8 +126,9 @@ def _piece_tile(t, nA, nB, x0, x1, x2, cl0, cl1, cl2, fl0, fl1, fl2, fh0, fh1, f
     """Tile (c0, c1, c2) at position (x0, x1, x2) of step ``t`` in the walk over a box minus its
     full sub-box, the forward's partial-loop decomposition: A (dim 0 outside F0), then B (F0 x
     dim 1 outside F1), then C (F0 x F1 x dim 2 outside F2); a split dim maps x to the low
-    interval [c_lo, f_lo) and then the high one (f_hi, c_hi]. An empty full box must be
-    [c_lo, c_lo - 1] in every dim."""
+    interval [c_lo, f_lo) and then the high one (f_hi, c_hi]. Needs, per dim, a full range
+    of width >= 0 (f_hi >= f_lo - 1; the kernels and tables write an empty one as
+    [c_lo, c_lo - 1]) lying inside the box when not empty: a width of -1 visits a tile twice."""
     inA = t < nA
     inB = (t >= nA) & (t < nA + nB)
     inAB = t < nA + nB
@@ -310,9 +311,12 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, FT, DK, DV,
                 row0 = P + ((c0 * NT1 + c1) * NT2 + c2) * BM
                 if full:
                     for sub in range(0, BM // SUB_M):
+                        # Padding query rows of the tile read as absent (P = 0): their q and dO
+                        # may hold anything in a caller's tiled tensors.
+                        a0, a1, a2 = _tile_coords(c0, c1, c2, sub * SUB_M + offs_m, TQ0, TQ1, TQ2)
                         q_rows = row0 + sub * SUB_M + offs_m
                         q, do, lse2, delta = _load_q_side(q_base, do_base, l_base, x_base, q_rows,
-                                                          q_rows >= 0, sqn, sdn, offs_d)
+                                                          (a0 < n0) & (a1 < n1) & (a2 < n2), sqn, sdn, offs_d)
                         dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
                 else:
                     for sub in range(0, BM // SUB_M):
