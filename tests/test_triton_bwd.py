@@ -284,24 +284,6 @@ def test_gpu_16bit_split_loops_match_dense_autograd(name, dtype):
            _oracle(q, k, v, do, _wrong((shape, w, s, d, c)), P, S, scale), dtype)
 
 
-def test_split_key_mask_on_grid_keys():
-    """A grid key mask turns the full loops off (their keys may be masked): split gives the
-    masked oracle's grads, not the unmasked problem's."""
-    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES["2d_block_full"]
-    spec = make_spec(shape, w, s, d, c)
-    q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
-    km = (torch.rand(1, q.shape[2], generator=torch.Generator().manual_seed(3)) > 0.3).to(DEV)
-    m = KeyMask(km, spatial=True)
-    tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]
-    out, lse = forward.gna_attention_permuted(*tp[:3], spec, qt, kt, P, S, key_mask=m)
-    cfg = TritonBwdConfig(4, 1, 16, 16, split=True)
-    gt = backward.gna_backward_permuted(*tp[:3], out, lse, tp[3], spec, qt, kt, P, S, key_mask=m, config=cfg)
-    grads = [unpermute_tokens(g, spec.shape, qt, P, S) for g in gt]
-    scale = 32 ** -0.5
-    _check(grads, _oracle(q, k, v, do, spec, P, S, scale, km, True),
-           _oracle(q, k, v, do, spec, P, S, scale), torch.float32)
-
-
 @pytest.mark.parametrize("name", list(SPLIT_CASES))
 def test_full_box_tables_are_exactly_the_fully_seen_q_tiles(name):
     """Per dim and KV tile, the listed Q tiles are exactly those whose every (real) query sees
@@ -353,13 +335,18 @@ def test_tiled_padding_rows_holding_values_change_nothing(name, case, split):
            _oracle(q, k, v, do, narrower, P, S, 32 ** -0.5), torch.float32)
 
 
-@pytest.mark.parametrize("km_grid", [False, True], ids=["extra-keys-masked", "grid-keys-masked"])
-def test_split_loops_with_extra_tokens_and_a_key_mask(km_grid):
-    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES["3d_pieces_extras_gqa"]
+@pytest.mark.parametrize("name,km_grid,seed", [("2d_block_full", True, 3), ("3d_pieces_extras_gqa", False, 4),
+                                                ("3d_pieces_extras_gqa", True, 4)],
+                         ids=["full-tiles-grid-keys-masked", "extras-extra-keys-masked", "extras-grid-keys-masked"])
+def test_split_loops_with_a_key_mask(name, km_grid, seed):
+    """A grid key mask turns the full loops off (their keys may be masked), one on extra keys
+    only does not: split gives the masked oracle's grads, not the unmasked problem's."""
+    shape, w, s, d, c, qt, kt, P, S, H, Hkv = SPLIT_CASES[name]
     spec = make_spec(shape, w, s, d, c)
     q, k, v, do = _inputs(spec, P, S, H, Hkv, torch.float32)
-    km = (torch.rand(1, q.shape[2], generator=torch.Generator().manual_seed(4)) > 0.3).to(DEV)
-    km[:, 0] = False  # a masked prefix key
+    km = (torch.rand(1, q.shape[2], generator=torch.Generator().manual_seed(seed)) > 0.3).to(DEV)
+    if P:
+        km[:, 0] = False  # a masked prefix key
     cfg = TritonBwdConfig(4, 1, 16, 16, split=True)
     m = KeyMask(km, spatial=km_grid)
     tp = [permute_tokens(t, spec.shape, qt, P, S) for t in (q, k, v, do)]

@@ -118,15 +118,13 @@ def _fast_tiled(q, k, v, spec, tiles, extra_prefix, extra_suffix, scale, km):
     """``(out, lse)`` of the Triton kernel on tiled-order tensors, or None where it does not
     support the call."""
     try:
-        from .triton_backend import why_not
+        from .triton_backend import unit_last_stride, why_not
         from .hopper import gna_attention_permuted
     except ImportError:
         return None
     if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:
         return None
-    # The kernels read rows with a unit last stride. Inductor may hand a pass-made op any
-    # layout (no recorded eager strides to match), e.g. a transposed view.
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = unit_last_stride(q, k, v)  # Inductor may hand a pass-made op any layout
     return gna_attention_permuted(q, k, v, spec, *tiles, extra_prefix, extra_suffix, scale, km)
 
 
@@ -136,11 +134,11 @@ def _fast_tiled_backward(grad_out, grad_lse, q, k, v, out, lse, spec, tiles, ext
     forward or backward does not take the call (the forward's condition first: the backward
     reads the LSE that forward wrote)."""
     try:
-        from .triton_backend import why_not
+        from .triton_backend import unit_last_stride, why_not
         from .hopper import gna_attention_permuted, gna_backward_permuted, why_not_backward_permuted
     except ImportError:
         return None
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = unit_last_stride(q, k, v)
     if why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None or \
             why_not_backward_permuted(q, k, v, spec, extra_prefix, extra_suffix, scale, km, tiles) is not None:
         return None

@@ -66,11 +66,18 @@ def why_not(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=No
     return None
 
 
+def unit_last_stride(*tensors):
+    """The tensors, each copied only where its last dim is strided: the kernels read rows
+    with a unit last stride, and a caller (or Inductor, for a pass-made op) may hand any
+    layout, e.g. a transposed view."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+
+
 def run(q, k, v, spec, extra_prefix, extra_suffix, scale, key_mask, tiles=None):
     from .tile_choice import choose_tiles
     from .hopper import gna_forward
     q_tile, kv_tile = tiles if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    q, k, v = unit_last_stride(q, k, v)
     km, grid_mask = _int8_mask(key_mask, q.device)
     return gna_forward(q, k, v, spec, q_tile, kv_tile, extra_prefix, extra_suffix, scale, km,
                        grid_mask, natural=True)
@@ -98,7 +105,7 @@ def run_backward(grad_out, grad_lse, q, k, v, out, lse, spec, extra_prefix, extr
     from .hopper import gna_backward
     from .tile_choice import choose_tiles
     q_tile, kv_tile = tiles if tiles is not None else choose_tiles(spec, extra_prefix, extra_suffix)
-    q, k, v, out, grad_out = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, grad_out))
+    q, k, v, out, grad_out = unit_last_stride(q, k, v, out, grad_out)
     km, grid_mask = _int8_mask(key_mask, q.device)
     return gna_backward(q, k, v, out, lse, grad_out.to(q.dtype), spec, q_tile, kv_tile, extra_prefix,
                         extra_suffix, scale, km, grid_mask, natural=True, grad_lse=grad_lse)

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import constants as C
-from .triton_fwd import _dim_ranges, _krange, _odometer_step, _tile_row
+from .triton_fwd import _dim_ranges, _krange, _odometer_step, _piece_next, _piece_tile, _tile_row
 
 _LOG2E = tl.constexpr(C.LOG2E)
 POS_INF = tl.constexpr(float("inf"))
@@ -122,36 +122,32 @@ def _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d
 
 
 @triton.jit
-def _piece_tile(t, nA, nB, x0, x1, x2, cl0, cl1, cl2, fl0, fl1, fl2, fh0, fh1, fh2):
-    """Tile (c0, c1, c2) at position (x0, x1, x2) of step ``t`` in the walk over a box minus its
-    full sub-box, the forward's partial-loop decomposition: A (dim 0 outside F0), then B (F0 x
-    dim 1 outside F1), then C (F0 x F1 x dim 2 outside F2); a split dim maps x to the low
-    interval [c_lo, f_lo) and then the high one (f_hi, c_hi]. Needs, per dim, a full range
-    of width >= 0 (f_hi >= f_lo - 1; the kernels and tables write an empty one as
-    [c_lo, c_lo - 1]) lying inside the box when not empty: a width of -1 visits a tile twice."""
-    inA = t < nA
-    inB = (t >= nA) & (t < nA + nB)
-    inAB = t < nA + nB
-    r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
-    r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
-    r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
-    c0 = tl.where(inA, r0, fl0 + x0)
-    c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
-    c2 = tl.where(inAB, cl2 + x2, r2)
-    return c0, c1, c2
+def _split_counts(no_full, lo0, lo1, lo2, hi0, hi1, hi2, fl0, fl1, fl2, fh0, fh1, fh2):
+    """The split loops' walk over a box [lo, hi] with full sub-box [fl, fh] (per dim; none
+    where ``no_full``, as [lo, lo - 1]): the full box, its widths and the box's in dims 1 and
+    2, and the step counts (full tiles, pieces A and B, all partial tiles)."""
+    fl0 = tl.where(no_full, lo0, fl0)
+    fl1 = tl.where(no_full, lo1, fl1)
+    fl2 = tl.where(no_full, lo2, fl2)
+    fh0 = tl.where(no_full, lo0 - 1, fh0)
+    fh1 = tl.where(no_full, lo1 - 1, fh1)
+    fh2 = tl.where(no_full, lo2 - 1, fh2)
+    ef0 = fh0 - fl0 + 1
+    ef1 = fh1 - fl1 + 1
+    ef2 = fh2 - fl2 + 1
+    ev0 = hi0 - lo0 + 1
+    ev1 = hi1 - lo1 + 1
+    ev2 = hi2 - lo2 + 1
+    n_full = ef0 * ef1 * ef2
+    nA = (ev0 - ef0) * ev1 * ev2
+    nB = ef0 * (ev1 - ef1) * ev2
+    return fl0, fl1, fl2, fh0, fh1, fh2, ef1, ef2, ev1, ev2, n_full, nA, nB, ev0 * ev1 * ev2 - n_full
 
 
 @triton.jit
-def _piece_next(t, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2):
-    """Position after step ``t`` of _piece_tile's walk (reset where a piece ends)."""
-    inA = t < nA
-    inB = (t >= nA) & (t < nA + nB)
-    inAB = t < nA + nB
-    E1 = tl.maximum(tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1)), 1)
-    E2 = tl.maximum(tl.where(inAB, ev2, ev2 - ef2), 1)
-    x0, x1, x2 = _odometer_step(x0, x1, x2, 0, 0, E1, E2)
-    piece_end = (t + 1 == nA) | (t + 1 == nA + nB)
-    return tl.where(piece_end, 0, x0), tl.where(piece_end, 0, x1), tl.where(piece_end, 0, x2)
+def _where3(cond, a0, a1, a2, b0, b1, b2):
+    """(a if cond else b) for three coordinates: a walk's position advances after its last sub-step."""
+    return tl.where(cond, a0, b0), tl.where(cond, a1, b1), tl.where(cond, a2, b2)
 
 
 @triton.jit
@@ -238,21 +234,8 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, FT, DK, DV,
         no_full = is_x
         if KM_GRID:
             no_full = pid >= 0
-        fq0 = tl.where(no_full, ql0, fq0)
-        fq1 = tl.where(no_full, ql1, fq1)
-        fq2 = tl.where(no_full, ql2, fq2)
-        gq0 = tl.where(no_full, ql0 - 1, gq0)
-        gq1 = tl.where(no_full, ql1 - 1, gq1)
-        gq2 = tl.where(no_full, ql2 - 1, gq2)
-        ef0 = gq0 - fq0 + 1
-        ef1 = gq1 - fq1 + 1
-        ef2 = gq2 - fq2 + 1
-        ev1 = qh1 - ql1 + 1
-        ev2 = qh2 - ql2 + 1
-        n_full = ef0 * ef1 * ef2
-        nA = (qh0 - ql0 + 1 - ef0) * ev1 * ev2
-        nB = ef0 * (ev1 - ef1) * ev2
-        n_part = nq - n_full
+        fq0, fq1, fq2, gq0, gq1, gq2, ef1, ef2, ev1, ev2, n_full, nA, nB, n_part = _split_counts(
+            no_full, ql0, ql1, ql2, qh0, qh1, qh2, fq0, fq1, fq2, gq0, gq1, gq2)
     for g in range(0, G):
         h64 = (kvh * G + g).to(tl.int64)
         q_base = Q + b64 * sqb + h64 * sqh
@@ -271,10 +254,7 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, FT, DK, DV,
                                                   (a0 < n0) & (a1 < n1) & (a2 < n2), sqn, sdn, offs_d)
                 dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, None, False)
                 u0, u1, u2 = _odometer_step(c0, c1, c2, fq1, fq2, gq1 + 1, gq2 + 1)
-                last = sub == (BM // SUB_M) - 1
-                c0 = tl.where(last, u0, c0)
-                c1 = tl.where(last, u1, c1)
-                c2 = tl.where(last, u2, c2)
+                c0, c1, c2 = _where3(sub == (BM // SUB_M) - 1, u0, u1, u2, c0, c1, c2)
             x0 = 0
             x1 = 0
             x2 = 0
@@ -292,10 +272,7 @@ def _gna_bwd_dkdv(Q, K, V, DO, LSE, DELTA, KM, QT, FT, DK, DV,
                 mask = (mask | is_x) & kin[None, :]
                 dk, dv = _dkdv_step(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
                 y0, y1, y2 = _piece_next(tt, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2)
-                last = sub == (BM // SUB_M) - 1
-                x0 = tl.where(last, y0, x0)
-                x1 = tl.where(last, y1, x1)
-                x2 = tl.where(last, y2, x2)
+                x0, x1, x2 = _where3(sub == (BM // SUB_M) - 1, y0, y1, y2, x0, x1, x2)
         else:
             c0 = ql0
             c1 = ql1
@@ -416,21 +393,8 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
         no_full = is_x
         if KM_GRID:
             no_full = pid >= 0
-        fl0 = tl.where(no_full, cl0, fl0)
-        fl1 = tl.where(no_full, cl1, fl1)
-        fl2 = tl.where(no_full, cl2, fl2)
-        fh0 = tl.where(no_full, cl0 - 1, fh0)
-        fh1 = tl.where(no_full, cl1 - 1, fh1)
-        fh2 = tl.where(no_full, cl2 - 1, fh2)
-        ef0 = fh0 - fl0 + 1
-        ef1 = fh1 - fl1 + 1
-        ef2 = fh2 - fl2 + 1
-        ev1 = ch1 - cl1 + 1
-        ev2 = ch2 - cl2 + 1
-        n_full = ef0 * ef1 * ef2
-        nA = (ch0 - cl0 + 1 - ef0) * ev1 * ev2
-        nB = ef0 * (ev1 - ef1) * ev2
-        n_part = nk - n_full
+        fl0, fl1, fl2, fh0, fh1, fh2, ef1, ef2, ev1, ev2, n_full, nA, nB, n_part = _split_counts(
+            no_full, cl0, cl1, cl2, ch0, ch1, ch2, fl0, fl1, fl2, fh0, fh1, fh2)
         c0 = fl0
         c1 = fl1
         c2 = fl2
@@ -441,10 +405,7 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
             dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, offs_n >= 0, skn, svn, offs_d,
                           qk_scale, None, False)
             u0, u1, u2 = _odometer_step(c0, c1, c2, fl1, fl2, fh1 + 1, fh2 + 1)
-            last = sub == (BN // SUB_N) - 1
-            c0 = tl.where(last, u0, c0)
-            c1 = tl.where(last, u1, c1)
-            c2 = tl.where(last, u2, c2)
+            c0, c1, c2 = _where3(sub == (BN // SUB_N) - 1, u0, u1, u2, c0, c1, c2)
         x0 = 0
         x1 = 0
         x2 = 0
@@ -464,10 +425,7 @@ def _gna_bwd_dq(Q, K, V, DO, LSE, DELTA, KM, DQ,
             dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, rows, kin, skn, svn, offs_d,
                           qk_scale, mask, True)
             y0, y1, y2 = _piece_next(tt, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2)
-            last = sub == (BN // SUB_N) - 1
-            x0 = tl.where(last, y0, x0)
-            x1 = tl.where(last, y1, x1)
-            x2 = tl.where(last, y2, x2)
+            x0, x1, x2 = _where3(sub == (BN // SUB_N) - 1, y0, y1, y2, x0, x1, x2)
     else:
         c0 = cl0
         c1 = cl1

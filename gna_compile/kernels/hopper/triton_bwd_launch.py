@@ -54,19 +54,34 @@ def inverse_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
 
     Cached per problem and device, read-only: a host-to-device copy on every backward call is
     a stream synchronisation (a blocking ``.to(device)``), which stalled training steps."""
-    return _device_table(tuple(tuple(d) for d in spec.dims()), tuple(q_tile), tuple(kv_tile), str(device))
+    return _device_table("box", tuple(tuple(d) for d in spec.dims()), tuple(q_tile), tuple(kv_tile), str(device))
 
 
-@functools.lru_cache(maxsize=256)
-def _device_table(dims, q_tile, kv_tile, device: str) -> torch.Tensor:
-    return _host_table(dims, q_tile, kv_tile).to(device)
+def full_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
+    """int32 ``[3, 2, T]``, beside inverse_box_tables (and cached as it is): per (padded) dim
+    and KV tile, the first and last Q tile of which every query sees every key of the KV tile
+    (the dK/dV kernel's unmasked loop); none as ``[first, first - 1]`` with ``first`` the
+    inverse box's, the convention the kernels' box-minus-full walk needs. Exact (brute force
+    over key_range), and empty where the set is not an interval, where the KV tile reaches past
+    the grid (padding keys) or with dilation: an unmasked pair must never hold a masked (query,
+    key)."""
+    return _device_table("full", tuple(tuple(d) for d in spec.dims()), tuple(q_tile), tuple(kv_tile), str(device))
+
+
+@functools.lru_cache(maxsize=512)
+def _device_table(kind: str, dims, q_tile, kv_tile, device: str) -> torch.Tensor:
+    return {"box": _host_table, "full": _host_full_table}[kind](dims, q_tile, kv_tile).to(device)
+
+
+def _padded(spec_dims, q_tile, kv_tile):
+    """(dims, q tile, kv tile) padded to rank 3 with extent-1 dims in front, as the kernels see them."""
+    dims = [(1, 1, 1, 1, False)] * (3 - len(spec_dims)) + list(spec_dims)
+    return dims, C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
 
 
 def _host_table(spec_dims, q_tile, kv_tile) -> torch.Tensor:
-    rank = len(spec_dims)
-    shape3, tq3, tk3 = C.pad3([d[0] for d in spec_dims], 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
-    dims = [(1, 1, 1, 1, False)] * (3 - rank) + list(spec_dims)
-    nkv = [-(-n // tq) * tq // tk for n, tq, tk in zip(shape3, tq3, tk3)]
+    dims, tq3, tk3 = _padded(spec_dims, q_tile, kv_tile)
+    nkv = [-(-d[0] // tq) * tq // tk for d, tq, tk in zip(dims, tq3, tk3)]
     T = max(nkv)
     tab = torch.zeros(3, 2, T, dtype=torch.int32)
     tab[:, 1] = -1
@@ -83,25 +98,8 @@ def _host_table(spec_dims, q_tile, kv_tile) -> torch.Tensor:
     return tab
 
 
-def full_box_tables(spec, q_tile, kv_tile, device) -> torch.Tensor:
-    """int32 ``[3, 2, T]``, beside inverse_box_tables: per (padded) dim and KV tile, the first
-    and last Q tile of which every query sees every key of the KV tile (the dK/dV kernel's
-    unmasked loop); none as ``[first, first - 1]`` with ``first`` the inverse box's, the
-    convention the kernels' box-minus-full walk needs. Exact (brute force over key_range), and
-    empty where the set is not an interval, where the KV tile reaches past the grid (padding
-    keys) or with dilation: an unmasked pair must never hold a masked (query, key)."""
-    return _device_full_table(tuple(tuple(d) for d in spec.dims()), tuple(q_tile), tuple(kv_tile), str(device))
-
-
-@functools.lru_cache(maxsize=256)
-def _device_full_table(dims, q_tile, kv_tile, device: str) -> torch.Tensor:
-    return _host_full_table(dims, q_tile, kv_tile).to(device)
-
-
 def _host_full_table(spec_dims, q_tile, kv_tile) -> torch.Tensor:
-    rank = len(spec_dims)
-    shape3, tq3, tk3 = C.pad3([d[0] for d in spec_dims], 1), C.pad3(q_tile, 1), C.pad3(kv_tile, 1)
-    dims = [(1, 1, 1, 1, False)] * (3 - rank) + list(spec_dims)
+    dims, tq3, tk3 = _padded(spec_dims, q_tile, kv_tile)
     box = _host_table(spec_dims, q_tile, kv_tile)
     tab = torch.zeros_like(box)
     tab[:, 0] = box[:, 0]

@@ -220,6 +220,39 @@ def _odometer_step(c0, c1, c2, lo1, lo2, end1, end2):
 
 
 @triton.jit
+def _piece_tile(t, nA, nB, x0, x1, x2, cl0, cl1, cl2, fl0, fl1, fl2, fh0, fh1, fh2):
+    """Tile (c0, c1, c2) at position (x0, x1, x2) of step ``t`` in the walk over a box minus its
+    full sub-box, the partial loops' decomposition (forward and backward): A (dim 0 outside F0), then B (F0 x
+    dim 1 outside F1), then C (F0 x F1 x dim 2 outside F2); a split dim maps x to the low
+    interval [c_lo, f_lo) and then the high one (f_hi, c_hi]. Needs, per dim, a full range
+    of width >= 0 (f_hi >= f_lo - 1; the kernels and tables write an empty one as
+    [c_lo, c_lo - 1]) lying inside the box when not empty: a width of -1 visits a tile twice."""
+    inA = t < nA
+    inB = (t >= nA) & (t < nA + nB)
+    inAB = t < nA + nB
+    r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
+    r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
+    r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
+    c0 = tl.where(inA, r0, fl0 + x0)
+    c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
+    c2 = tl.where(inAB, cl2 + x2, r2)
+    return c0, c1, c2
+
+
+@triton.jit
+def _piece_next(t, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2):
+    """Position after step ``t`` of _piece_tile's walk (reset where a piece ends)."""
+    inA = t < nA
+    inB = (t >= nA) & (t < nA + nB)
+    inAB = t < nA + nB
+    E1 = tl.maximum(tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1)), 1)
+    E2 = tl.maximum(tl.where(inAB, ev2, ev2 - ef2), 1)
+    x0, x1, x2 = _odometer_step(x0, x1, x2, 0, 0, E1, E2)
+    piece_end = (t + 1 == nA) | (t + 1 == nA + nB)
+    return tl.where(piece_end, 0, x0), tl.where(piece_end, 0, x1), tl.where(piece_end, 0, x2)
+
+
+@triton.jit
 def _full_loop(acc, l_i, m_i, q, n_full, n_gfull, n_xpf, fl0, fl1, fl2, fh1, fh2,
                n1, n2, NT1, NT2, P, NG, kv_local, offs_n, k_base, v_base, km_base, skn, svn, offs_d,
                qk_scale, desc_k, desc_v, head_row,
@@ -462,19 +495,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
     x1 = 0
     x2 = 0
     for t in range(0, n_part + n_ext):
-        inA = t < nA
-        inB = (t >= nA) & (t < nA + nB)
-        inAB = t < nA + nB
-        E1 = tl.where(inA, ev1, tl.where(inB, ev1 - ef1, ef1))
-        E2 = tl.where(inAB, ev2, ev2 - ef2)
-        E1 = tl.maximum(E1, 1)
-        E2 = tl.maximum(E2, 1)
-        r0 = tl.where(x0 < fl0 - cl0, cl0 + x0, fh0 + 1 + x0 - (fl0 - cl0))
-        r1 = tl.where(x1 < fl1 - cl1, cl1 + x1, fh1 + 1 + x1 - (fl1 - cl1))
-        r2 = tl.where(x2 < fl2 - cl2, cl2 + x2, fh2 + 1 + x2 - (fl2 - cl2))
-        c0 = tl.where(inA, r0, fl0 + x0)
-        c1 = tl.where(inA, cl1 + x1, tl.where(inB, r1, fl1 + x1))
-        c2 = tl.where(inAB, cl2 + x2, r2)
+        c0, c1, c2 = _piece_tile(t, nA, nB, x0, x1, x2, cl0, cl1, cl2, fl0, fl1, fl2, fh0, fh1, fh2)
         k0 = c0 * TK0 + e0
         k1 = c1 * TK1 + e1
         k2 = c2 * TK2 + e2
@@ -520,11 +541,7 @@ def _gna_fwd(Q, K, V, O, LSE, KM, GV, desc_k, desc_v, N_KV,
         rows = tl.where(kin, rows, -1)
         acc, l_i, m_i = _step(acc, l_i, m_i, q, rows, k_base, v_base, skn, svn, offs_d, qk_scale,
                               mask, True, desc_k, desc_v, head_row + row0, TMA)
-        x0, x1, x2 = _odometer_step(x0, x1, x2, 0, 0, E1, E2)
-        piece_end = (t + 1 == nA) | (t + 1 == nA + nB)
-        x0 = tl.where(piece_end, 0, x0)
-        x1 = tl.where(piece_end, 0, x1)
-        x2 = tl.where(piece_end, 0, x2)
+        x0, x1, x2 = _piece_next(t, nA, nB, x0, x1, x2, ev1, ev2, ef1, ef2)
     st_rows = q_rows
     st_ok = q_ok
 
